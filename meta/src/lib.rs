@@ -1,0 +1,10 @@
+//! mirrorfs metadata: the engine trait and its engines, file-system metadata on top, and the
+//! gRPC meta service that clients and mirrors talk to.
+
+pub mod engine;
+pub mod error;
+pub mod fs;
+
+pub use engine::{Engine, EngineError};
+pub use error::{MetaError, Result};
+pub use fs::FsMeta;
