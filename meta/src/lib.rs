@@ -4,6 +4,9 @@
 pub mod engine;
 pub mod error;
 pub mod fs;
+pub mod keyspace;
+pub mod metrics;
+pub mod service;
 
 pub use engine::{Engine, EngineError};
 pub use error::{MetaError, Result};

@@ -1,0 +1,80 @@
+//! The meta service: the `Fs`, `Admin` and `Changelog` gRPC services over [`FsMeta`], with
+//! authentication, metrics, and `run(listener, shutdown)` as the one way to serve them.
+
+mod admin;
+mod auth;
+mod changelog;
+mod fs;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mirrorfs_api::meta::{
+    admin_server::AdminServer, changelog_server::ChangelogServer, fs_server::FsServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use auth::{AdminToken, bearer};
+
+use crate::error::MetaError;
+use crate::fs::FsMeta;
+use crate::metrics::MetaMetrics;
+
+/// Largest gRPC message accepted or sent (snapshots are chunked well below this).
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// What the service shares between its gRPC services.
+pub struct MetaState {
+    pub fs: FsMeta,
+    pub admin: AdminToken,
+    pub metrics: Arc<MetaMetrics>,
+    pub started: Instant,
+    pub role: &'static str,
+}
+
+impl MetaState {
+    /// Times `fut`, counts its outcome under `method`, and maps its error to the wire.
+    async fn observe<T>(
+        &self,
+        method: &'static str,
+        fut: impl Future<Output = Result<T, MetaError>>,
+    ) -> Result<tonic::Response<T>, tonic::Status> {
+        let start = Instant::now();
+        let result = fut.await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind().as_str(),
+        };
+        self.metrics.observe(method, outcome, start.elapsed());
+        match result {
+            Ok(v) => Ok(tonic::Response::new(v)),
+            Err(e) => {
+                tracing::debug!(method, error = %e, "call failed");
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Serves the meta API on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<MetaState>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let fs = FsServer::from_arc(Arc::new(fs::FsService(state.clone())))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let admin = AdminServer::from_arc(Arc::new(admin::AdminService(state.clone())));
+    let changelog = ChangelogServer::from_arc(Arc::new(changelog::ChangelogService(state)))
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(fs)
+        .add_service(admin)
+        .add_service(changelog)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,316 @@
+//! The `Fs` gRPC service: authenticates the volume token of each call and forwards to
+//! [`FsMeta`]. Handlers only translate messages; all rules live in `crate::fs`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use mirrorfs_api::meta::{self as pb, fs_server::Fs};
+use mirrorfs_api::{Ino, Revision};
+use tonic::{Request, Response, Status};
+
+use super::{MetaState, auth::bearer};
+use crate::error::MetaError;
+use crate::fs::{FsMeta, Owner, Resolved, SetAttr, Volume};
+
+pub struct FsService(pub Arc<MetaState>);
+
+/// Requests that name the volume they act on.
+trait VolumeRequest {
+    fn volume_name(&self) -> &str;
+}
+
+macro_rules! volume_requests {
+    ($($t:ty),* $(,)?) => {$(
+        impl VolumeRequest for $t {
+            fn volume_name(&self) -> &str {
+                self.volume.as_ref().map_or("", |v| v.volume.as_str())
+            }
+        }
+    )*};
+}
+
+volume_requests!(
+    pb::OpenVolumeRequest,
+    pb::LookupRequest,
+    pb::GetAttrRequest,
+    pb::SetAttrRequest,
+    pb::ReadDirRequest,
+    pb::MkdirRequest,
+    pb::CreateRequest,
+    pb::UnlinkRequest,
+    pb::RmdirRequest,
+    pb::RenameRequest,
+    pb::LinkRequest,
+    pb::SymlinkRequest,
+    pb::ReadLinkRequest,
+    pb::StatFsRequest,
+    pb::ReadExtentsRequest,
+    pb::CommitExtentsRequest,
+    pb::ResolveRequest,
+);
+
+impl FsService {
+    /// Authenticates the call against the volume it names, then runs `op`.
+    async fn call<R, T, F, Fut>(
+        &self,
+        method: &'static str,
+        req: Request<R>,
+        op: F,
+    ) -> Result<Response<T>, Status>
+    where
+        R: VolumeRequest,
+        F: FnOnce(FsMeta, Volume, R) -> Fut,
+        Fut: Future<Output = Result<T, MetaError>>,
+    {
+        let state = &self.0;
+        state
+            .observe(method, async {
+                let (md, _, msg) = req.into_parts();
+                let name = msg.volume_name();
+                if name.is_empty() {
+                    return Err(MetaError::InvalidArgument(
+                        "the request names no volume".into(),
+                    ));
+                }
+                let token = bearer(&md, &format!("volume {name:?}"))?;
+                let vol = state.fs.authenticate(name, token).await?;
+                op(state.fs.clone(), vol, msg).await
+            })
+            .await
+    }
+}
+
+fn attr_reply(attr: pb::Attr) -> pb::AttrReply {
+    pb::AttrReply {
+        revision: attr.revision,
+        attr: Some(attr),
+    }
+}
+
+fn owner(mode: u32, uid: u32, gid: u32) -> Owner {
+    Owner { mode, uid, gid }
+}
+
+async fn head_revision(fs: &FsMeta) -> Result<Revision, MetaError> {
+    Ok(fs.engine().head().await?.revision)
+}
+
+#[tonic::async_trait]
+impl Fs for FsService {
+    async fn open_volume(
+        &self,
+        req: Request<pb::OpenVolumeRequest>,
+    ) -> Result<Response<pb::OpenVolumeReply>, Status> {
+        let read_only = self.0.role == "mirror";
+        self.call("OpenVolume", req, |fs, vol, _| async move {
+            let info = fs.volume_info(&vol).await?;
+            Ok(pb::OpenVolumeReply {
+                volume_id: vol.id.0,
+                root_ino: vol.root.0,
+                storage: info.storage,
+                read_only,
+                revision: head_revision(&fs).await?.0,
+            })
+        })
+        .await
+    }
+
+    async fn lookup(&self, req: Request<pb::LookupRequest>) -> Result<Response<pb::AttrReply>, Status> {
+        self.call("Lookup", req, |fs, vol, r| async move {
+            Ok(attr_reply(fs.lookup(&vol, Ino(r.parent), &r.name).await?))
+        })
+        .await
+    }
+
+    async fn get_attr(&self, req: Request<pb::GetAttrRequest>) -> Result<Response<pb::AttrReply>, Status> {
+        self.call("GetAttr", req, |fs, vol, r| async move {
+            Ok(attr_reply(fs.getattr(&vol, Ino(r.ino)).await?))
+        })
+        .await
+    }
+
+    async fn set_attr(&self, req: Request<pb::SetAttrRequest>) -> Result<Response<pb::AttrReply>, Status> {
+        self.call("SetAttr", req, |fs, vol, r| async move {
+            let set = SetAttr {
+                mode: r.mode,
+                uid: r.uid,
+                gid: r.gid,
+                size: r.size,
+                atime: r.atime,
+                mtime: r.mtime,
+            };
+            Ok(attr_reply(fs.setattr(&vol, Ino(r.ino), set).await?))
+        })
+        .await
+    }
+
+    async fn read_dir(&self, req: Request<pb::ReadDirRequest>) -> Result<Response<pb::ReadDirReply>, Status> {
+        self.call("ReadDir", req, |fs, vol, r| async move {
+            let revision = head_revision(&fs).await?;
+            let page = fs.readdir(&vol, Ino(r.ino), &r.after, r.limit as usize).await?;
+            Ok(pb::ReadDirReply {
+                entries: page.entries,
+                more: page.more,
+                revision: revision.0,
+            })
+        })
+        .await
+    }
+
+    async fn mkdir(&self, req: Request<pb::MkdirRequest>) -> Result<Response<pb::AttrReply>, Status> {
+        self.call("Mkdir", req, |fs, vol, r| async move {
+            let o = owner(r.mode, r.uid, r.gid);
+            Ok(attr_reply(fs.mkdir(&vol, Ino(r.parent), &r.name, o).await?))
+        })
+        .await
+    }
+
+    async fn create(&self, req: Request<pb::CreateRequest>) -> Result<Response<pb::AttrReply>, Status> {
+        self.call("Create", req, |fs, vol, r| async move {
+            let o = owner(r.mode, r.uid, r.gid);
+            let attr = fs.create(&vol, Ino(r.parent), &r.name, o, r.exclusive).await?;
+            Ok(attr_reply(attr))
+        })
+        .await
+    }
+
+    async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Result<Response<pb::UnlinkReply>, Status> {
+        self.call("Unlink", req, |fs, vol, r| async move {
+            let removed = fs.unlink(&vol, Ino(r.parent), &r.name).await?;
+            Ok(pb::UnlinkReply {
+                ino: removed.ino.0,
+                remaining_nlink: removed.remaining_nlink,
+                revision: head_revision(&fs).await?.0,
+            })
+        })
+        .await
+    }
+
+    async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Result<Response<pb::UnlinkReply>, Status> {
+        self.call("Rmdir", req, |fs, vol, r| async move {
+            let removed = fs.rmdir(&vol, Ino(r.parent), &r.name).await?;
+            Ok(pb::UnlinkReply {
+                ino: removed.ino.0,
+                remaining_nlink: removed.remaining_nlink,
+                revision: head_revision(&fs).await?.0,
+            })
+        })
+        .await
+    }
+
+    async fn rename(&self, req: Request<pb::RenameRequest>) -> Result<Response<pb::RenameReply>, Status> {
+        self.call("Rename", req, |fs, vol, r| async move {
+            let replaced = fs
+                .rename(
+                    &vol,
+                    Ino(r.parent),
+                    &r.name,
+                    Ino(r.new_parent),
+                    &r.new_name,
+                    r.no_replace,
+                    r.exchange,
+                )
+                .await?;
+            Ok(pb::RenameReply {
+                replaced_ino: replaced.map_or(0, |r| r.ino.0),
+                replaced_remaining_nlink: replaced.map_or(0, |r| r.remaining_nlink),
+                revision: head_revision(&fs).await?.0,
+            })
+        })
+        .await
+    }
+
+    async fn link(&self, req: Request<pb::LinkRequest>) -> Result<Response<pb::AttrReply>, Status> {
+        self.call("Link", req, |fs, vol, r| async move {
+            let attr = fs.link(&vol, Ino(r.ino), Ino(r.new_parent), &r.new_name).await?;
+            Ok(attr_reply(attr))
+        })
+        .await
+    }
+
+    async fn symlink(&self, req: Request<pb::SymlinkRequest>) -> Result<Response<pb::AttrReply>, Status> {
+        self.call("Symlink", req, |fs, vol, r| async move {
+            let o = owner(0o777, r.uid, r.gid);
+            let attr = fs.symlink(&vol, Ino(r.parent), &r.name, &r.target, o).await?;
+            Ok(attr_reply(attr))
+        })
+        .await
+    }
+
+    async fn read_link(
+        &self,
+        req: Request<pb::ReadLinkRequest>,
+    ) -> Result<Response<pb::ReadLinkReply>, Status> {
+        self.call("ReadLink", req, |fs, vol, r| async move {
+            Ok(pb::ReadLinkReply {
+                target: fs.readlink(&vol, Ino(r.ino)).await?,
+            })
+        })
+        .await
+    }
+
+    async fn stat_fs(&self, req: Request<pb::StatFsRequest>) -> Result<Response<pb::StatFsReply>, Status> {
+        self.call("StatFs", req, |fs, vol, _| async move {
+            let u = fs.statfs(&vol).await?;
+            Ok(pb::StatFsReply {
+                used_bytes: u.used_bytes,
+                used_inodes: u.used_inodes,
+                capacity_bytes: u.capacity_bytes,
+                capacity_inodes: u.capacity_inodes,
+            })
+        })
+        .await
+    }
+
+    async fn read_extents(
+        &self,
+        req: Request<pb::ReadExtentsRequest>,
+    ) -> Result<Response<pb::ReadExtentsReply>, Status> {
+        self.call("ReadExtents", req, |fs, vol, r| async move {
+            let revision = head_revision(&fs).await?;
+            let (extents, size) = fs.read_extents(&vol, Ino(r.ino), r.offset, r.length).await?;
+            Ok(pb::ReadExtentsReply {
+                extents,
+                size,
+                revision: revision.0,
+            })
+        })
+        .await
+    }
+
+    async fn commit_extents(
+        &self,
+        req: Request<pb::CommitExtentsRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
+        self.call("CommitExtents", req, |fs, vol, r| async move {
+            let attr = fs
+                .commit_extents(&vol, Ino(r.ino), r.extents, r.new_size, r.mtime)
+                .await?;
+            Ok(attr_reply(attr))
+        })
+        .await
+    }
+
+    async fn resolve(&self, req: Request<pb::ResolveRequest>) -> Result<Response<pb::ResolveReply>, Status> {
+        self.call("Resolve", req, |fs, vol, r| async move {
+            let revision = head_revision(&fs).await?;
+            let result = match fs.resolve(&vol, &r.path).await? {
+                Resolved::Found(attr) => pb::resolve_reply::Result::Found(attr),
+                Resolved::Missing {
+                    existing_prefix,
+                    missing_component,
+                    blocking_kind,
+                } => pb::resolve_reply::Result::Missing(pb::Missing {
+                    existing_prefix,
+                    missing_component,
+                    blocking_kind: blocking_kind.map_or(0, |k| k as i32),
+                }),
+            };
+            Ok(pb::ResolveReply {
+                result: Some(result),
+                revision: revision.0,
+            })
+        })
+        .await
+    }
+}
