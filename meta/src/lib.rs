@@ -1,9 +1,11 @@
 //! mirrorfs metadata: the engine trait and its engines, file-system metadata on top, and the
 //! gRPC meta service that clients and mirrors talk to.
 
+pub mod client;
 pub mod engine;
 pub mod error;
 pub mod fs;
+pub mod http;
 pub mod keyspace;
 pub mod metrics;
 pub mod service;

@@ -1,0 +1,132 @@
+//! Command-line flags. Every flag a Kubernetes manifest would set has an environment fallback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mirrorfs", version, about = "A file system whose volumes are mirrored read-only into other regions")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run or inspect the metadata service.
+    #[command(subcommand)]
+    Meta(MetaCommand),
+    /// Create, list and delete volumes (admin token).
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Show a meta service's revision, engine, uptime and volumes.
+    Status {
+        #[command(flatten)]
+        conn: AdminConn,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the main job on embedded defaults and narrate it.
+    Demo(crate::demo::DemoArgs),
+    /// Benchmarks that print their comparison, measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+pub enum MetaCommand {
+    /// Serve the metadata API (gRPC) with `/metrics` and `/healthz` over HTTP.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Address for the gRPC API (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "MIRRORFS_LISTEN", default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+    /// Directory for the embedded engine's database and the generated admin token.
+    #[arg(long, env = "MIRRORFS_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Metadata engine: `embedded` (a local database in --data-dir).
+    #[arg(long, env = "MIRRORFS_ENGINE", default_value = "embedded")]
+    pub engine: String,
+    /// File holding the admin token. Default: <data-dir>/admin.token, generated (mode 0600) on
+    /// first start.
+    #[arg(long, env = "MIRRORFS_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Address for `/metrics` and `/healthz`.
+    #[arg(long, env = "MIRRORFS_METRICS_LISTEN", default_value = "127.0.0.1:7401")]
+    pub metrics_listen: SocketAddr,
+    /// Changelog revisions kept for followers; older ones are compacted every minute
+    /// (0 keeps everything).
+    #[arg(long, env = "MIRRORFS_CHANGELOG_RETENTION", default_value_t = 1_000_000)]
+    pub changelog_retention: u64,
+}
+
+/// How to reach a meta service as an administrator.
+#[derive(Args, Clone, Debug)]
+pub struct AdminConn {
+    /// Meta service address.
+    #[arg(long, env = "MIRRORFS_META", default_value = "http://127.0.0.1:7400")]
+    pub meta: String,
+    /// File holding the admin token.
+    #[arg(long, env = "MIRRORFS_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin token itself (prefer --admin-token-file: flags show up in `ps`).
+    #[arg(long, env = "MIRRORFS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume; its token is printed once (or written to --token-file, mode 0600).
+    Create {
+        name: String,
+        #[command(flatten)]
+        conn: AdminConn,
+        /// Object store for the volume's blocks, e.g. file:///var/lib/mirrorfs/blocks or
+        /// s3://bucket/prefix.
+        #[arg(long, default_value = "")]
+        bucket: String,
+        /// Capacity reported by statfs and enforced on writes (0: unlimited).
+        #[arg(long, default_value_t = 0)]
+        capacity_bytes: u64,
+        /// Inode limit (0: unlimited).
+        #[arg(long, default_value_t = 0)]
+        capacity_inodes: u64,
+        /// Write the token to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// List volumes with their usage.
+    List {
+        #[command(flatten)]
+        conn: AdminConn,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a volume's metadata (its blocks are collected later).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Metadata operations over gRPC beside the same operations on the library directly.
+    Meta(crate::bench::MetaBenchArgs),
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Meta(MetaCommand::Serve(a)) => crate::serve::run(a).await,
+        Command::Volume(v) => crate::admin::volume(v).await,
+        Command::Status { conn, json } => crate::admin::status(conn, json).await,
+        Command::Demo(a) => crate::demo::run(a).await,
+        Command::Bench(BenchCommand::Meta(a)) => crate::bench::meta(a).await,
+    }
+}

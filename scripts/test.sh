@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: formatting, lints, unit, integration and process-level tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== tests"
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+  # nextest does not run doctests.
+  cargo test --workspace --locked --doc
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+
+echo "== benchmark smoke run (tiny sizes; the real figures come from 'mirrorfs bench')"
+cargo run --quiet --release --locked -p mirrorfs -- bench meta --clients 1,4 --files-per-client 50 >/dev/null
+echo "all tests passed"
