@@ -1,0 +1,142 @@
+//! The `mirrorfs` commands as an operator runs them against a real `mirrorfs meta serve`.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+struct Service {
+    child: Child,
+    url: String,
+    metrics: String,
+}
+
+impl Service {
+    fn start(data: &Path) -> Service {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mirrorfs"))
+            .args(["meta", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data)
+            .env("MIRRORFS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn mirrorfs meta serve");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut next = |prefix: &str| loop {
+            let line = lines.next().expect("meta serve exited early").expect("read");
+            if let Some(rest) = line.strip_prefix(prefix) {
+                break rest.to_owned();
+            }
+        };
+        let url = next("mirrorfs meta: serving gRPC on ");
+        let metrics = next("mirrorfs meta: serving /metrics and /healthz on ");
+        std::thread::spawn(move || for _ in lines {});
+        Service { child, url, metrics }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mirrorfs(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mirrorfs"));
+    cmd.args(args).env_remove("MIRRORFS_ADMIN_TOKEN").env_remove("MIRRORFS_ADMIN_TOKEN_FILE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run mirrorfs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A minimal HTTP/1.0 GET, enough for /healthz and /metrics.
+fn http_get(base: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+#[test]
+fn operator_workflow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let svc = Service::start(&data);
+
+    // The admin token is generated on first start, readable only by its owner.
+    let admin_file = data.join("admin.token");
+    let mode = std::fs::metadata(&admin_file).expect("admin.token").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "admin.token mode {mode:o}");
+    let admin = admin_file.to_str().expect("utf-8 path");
+    let env = [("MIRRORFS_META", svc.url.as_str()), ("MIRRORFS_ADMIN_TOKEN_FILE", admin)];
+
+    let token_file = dir.path().join("datasets.token");
+    let o = mirrorfs(&["volume", "create", "datasets", "--token-file", token_file.to_str().expect("path")], &env);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("created volume datasets"));
+    assert!(!text(&o).contains(std::fs::read_to_string(&token_file).expect("token").trim()), "token must not be printed when written to a file");
+    let mode = std::fs::metadata(&token_file).expect("token file").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The token file is never overwritten.
+    let o = mirrorfs(&["volume", "create", "other", "--token-file", token_file.to_str().expect("path")], &env);
+    assert!(!o.status.success() && text(&o).contains("already exists"), "{}", text(&o));
+
+    let o = mirrorfs(&["volume", "create", "datasets"], &env);
+    assert!(!o.status.success() && text(&o).contains("already exists"), "{}", text(&o));
+    let o = mirrorfs(&["volume", "create", "Not/Valid"], &env);
+    assert!(!o.status.success() && text(&o).contains("Not/Valid"), "{}", text(&o));
+
+    let o = mirrorfs(&["volume", "list", "--json"], &env);
+    assert!(o.status.success(), "{}", text(&o));
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(list[0]["name"], "datasets");
+
+    let o = mirrorfs(&["status", "--json"], &env);
+    assert!(o.status.success(), "{}", text(&o));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(st["engine"], "embedded");
+    assert_eq!(st["volumes"], 1);
+    assert!(st["revision"].as_u64().expect("revision") >= 1);
+
+    let o = mirrorfs(&["volume", "delete", "datasets"], &env);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = mirrorfs(&["volume", "delete", "datasets"], &env);
+    assert!(!o.status.success() && text(&o).contains("does not exist"), "{}", text(&o));
+
+    // Wrong token, no token, unreachable service: clear errors, non-zero exit.
+    let o = mirrorfs(&["status"], &[("MIRRORFS_META", &svc.url), ("MIRRORFS_ADMIN_TOKEN", "wrong")]);
+    assert!(!o.status.success() && text(&o).contains("invalid token"), "{}", text(&o));
+    let o = mirrorfs(&["status"], &[("MIRRORFS_META", &svc.url)]);
+    assert!(!o.status.success() && text(&o).contains("no admin token"), "{}", text(&o));
+    let o = mirrorfs(&["status", "--meta", "http://127.0.0.1:1"], &[("MIRRORFS_ADMIN_TOKEN", "x")]);
+    assert!(!o.status.success() && text(&o).contains("cannot reach the meta service"), "{}", text(&o));
+
+    assert!(http_get(&svc.metrics, "/healthz").contains("ok"));
+    let metrics = http_get(&svc.metrics, "/metrics");
+    assert!(metrics.contains("mirrorfs_meta_rpc_total"), "{metrics}");
+}
+
+#[test]
+fn bad_serve_flags_fail_fast() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("path");
+    let o = mirrorfs(&["meta", "serve", "--data-dir", d, "--engine", "nosuch", "--listen", "127.0.0.1:0"], &[]);
+    assert!(!o.status.success() && text(&o).contains("unknown engine"), "{}", text(&o));
+    let o = mirrorfs(&["meta", "serve", "--data-dir", d, "--listen", "not-an-address"], &[]);
+    assert!(!o.status.success() && text(&o).contains("invalid value"), "{}", text(&o));
+    let o = mirrorfs(&["meta", "serve", "--listen", "127.0.0.1:0"], &[]);
+    assert!(!o.status.success() && text(&o).contains("--data-dir"), "{}", text(&o));
+    // A corrupt database names its file.
+    std::fs::write(dir.path().join("meta.redb"), b"this is not a database").expect("write");
+    let o = mirrorfs(&["meta", "serve", "--data-dir", d, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"], &[]);
+    assert!(!o.status.success() && text(&o).contains("meta.redb"), "{}", text(&o));
+}
