@@ -56,7 +56,8 @@ fn apply(kv: &mut BTreeMap<Vec<u8>, (Vec<u8>, Revision)>, m: &Mutation, rev: Rev
         Mutation::Delete { key } => {
             kv.remove(key);
         }
-        Mutation::DeleteRange { start, end } => {
+        // An empty or inverted range deletes nothing (BTreeMap::range would panic on it).
+        Mutation::DeleteRange { start, end } if start < end => {
             let doomed: Vec<_> = kv
                 .range::<[u8], _>((Bound::Included(&start[..]), Bound::Excluded(&end[..])))
                 .map(|(k, _)| k.clone())
@@ -65,6 +66,7 @@ fn apply(kv: &mut BTreeMap<Vec<u8>, (Vec<u8>, Revision)>, m: &Mutation, rev: Rev
                 kv.remove(&k);
             }
         }
+        Mutation::DeleteRange { .. } => {}
     }
 }
 
@@ -138,6 +140,8 @@ impl Engine for MemoryEngine {
                 compacted,
             });
         }
+        // `0` means "from the start of retained history".
+        let from = if from.0 == 0 { compacted.next() } else { from };
         let state = self.state.clone();
         Ok(follow(from, self.head_tx.subscribe(), move |next, max| {
             let state = state.clone();
