@@ -66,7 +66,10 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
                 Some(path) => {
                     token::write_new(&path, &reply.token)
                         .with_context(|| format!("volume {name:?} was created but its token could not be saved; delete and re-create it"))?;
-                    println!("created volume {name} (id {id}); token written to {}", path.display());
+                    println!(
+                        "created volume {name} (id {id}); token written to {}",
+                        path.display()
+                    );
                 }
                 None => {
                     println!("created volume {name} (id {id})");
@@ -97,10 +100,16 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:<24} {:>6} {:>14} {:>12}  BUCKET", "NAME", "ID", "USED BYTES", "INODES");
+                println!(
+                    "{:<24} {:>6} {:>14} {:>12}  BUCKET",
+                    "NAME", "ID", "USED BYTES", "INODES"
+                );
                 for v in vols {
                     let bucket = v.storage.map(|s| s.bucket_url).unwrap_or_default();
-                    println!("{:<24} {:>6} {:>14} {:>12}  {}", v.name, v.id, v.used_bytes, v.used_inodes, bucket);
+                    println!(
+                        "{:<24} {:>6} {:>14} {:>12}  {}",
+                        v.name, v.id, v.used_bytes, v.used_inodes, bucket
+                    );
                 }
             }
         }
@@ -136,7 +145,11 @@ pub async fn status(conn: AdminConn, json: bool) -> anyhow::Result<()> {
     } else {
         println!("cluster    {} ({})", s.cluster_id, s.role);
         println!("engine     {}", s.engine);
-        println!("revision   {} (changelog from {})", s.revision, s.compacted_revision + 1);
+        println!(
+            "revision   {} (changelog from {})",
+            s.revision,
+            s.compacted_revision + 1
+        );
         println!("volumes    {}", s.volumes);
         println!("uptime     {}s", s.uptime_seconds);
         println!("version    {}", s.version);

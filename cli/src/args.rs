@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "mirrorfs", version, about = "A file system whose volumes are mirrored read-only into other regions")]
+#[command(
+    name = "mirrorfs",
+    version,
+    about = "A file system whose volumes are mirrored read-only into other regions"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -57,11 +61,19 @@ pub struct ServeArgs {
     #[arg(long, env = "MIRRORFS_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
     /// Address for `/metrics` and `/healthz`.
-    #[arg(long, env = "MIRRORFS_METRICS_LISTEN", default_value = "127.0.0.1:7401")]
+    #[arg(
+        long,
+        env = "MIRRORFS_METRICS_LISTEN",
+        default_value = "127.0.0.1:7401"
+    )]
     pub metrics_listen: SocketAddr,
     /// Changelog revisions kept for followers; older ones are compacted every minute
     /// (0 keeps everything).
-    #[arg(long, env = "MIRRORFS_CHANGELOG_RETENTION", default_value_t = 1_000_000)]
+    #[arg(
+        long,
+        env = "MIRRORFS_CHANGELOG_RETENTION",
+        default_value_t = 1_000_000
+    )]
     pub changelog_retention: u64,
 }
 

@@ -11,8 +11,8 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use mirrorfs_api::Ino;
 use mirrorfs_api::meta::{self as pb, fs_client::FsClient};
-use mirrorfs_meta::fs::{FsMeta, NewVolume, Owner, Volume};
 use mirrorfs_meta::client;
+use mirrorfs_meta::fs::{FsMeta, NewVolume, Owner, Volume};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct MetaBenchArgs {
@@ -48,8 +48,13 @@ impl Row {
 }
 
 pub async fn meta(a: MetaBenchArgs) -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new().prefix("mirrorfs-bench-").tempdir()?;
-    let dir = a.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let tmp = tempfile::Builder::new()
+        .prefix("mirrorfs-bench-")
+        .tempdir()?;
+    let dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let local = crate::local::LocalMeta::start(&dir).await?;
     let (fs, url) = (local.fs.clone(), local.url.clone());
@@ -97,7 +102,12 @@ fn file_name(i: usize) -> Vec<u8> {
 }
 
 /// Runs `per_client(client_index)` on `clients` tasks; each returns its latencies.
-async fn measure<F, Fut>(op: &'static str, path: &'static str, clients: usize, per_client: F) -> anyhow::Result<Row>
+async fn measure<F, Fut>(
+    op: &'static str,
+    path: &'static str,
+    clients: usize,
+    per_client: F,
+) -> anyhow::Result<Row>
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = anyhow::Result<Histogram<u64>>> + Send + 'static,
@@ -119,15 +129,36 @@ where
 }
 
 fn record(h: &mut Histogram<u64>, since: Instant) {
-    let _ = h.record(u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1));
+    let _ = h.record(
+        u64::try_from(since.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1),
+    );
 }
 
-async fn run_direct(fs: &FsMeta, vol: &Volume, clients: usize, n: usize) -> anyhow::Result<Vec<Row>> {
-    let owner = Owner { mode: 0o644, uid: 0, gid: 0 };
+async fn run_direct(
+    fs: &FsMeta,
+    vol: &Volume,
+    clients: usize,
+    n: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let owner = Owner {
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    };
     let mut dirs = Vec::new();
     for c in 0..clients {
         let d = fs
-            .mkdir(vol, vol.root, format!("client-{c}").as_bytes(), Owner { mode: 0o755, ..owner })
+            .mkdir(
+                vol,
+                vol.root,
+                format!("client-{c}").as_bytes(),
+                Owner {
+                    mode: 0o755,
+                    ..owner
+                },
+            )
             .await?;
         dirs.push(Ino(d.ino));
     }
@@ -204,8 +235,17 @@ async fn run_direct(fs: &FsMeta, vol: &Volume, clients: usize, n: usize) -> anyh
 
 type Client = FsClient<client::Authed>;
 
-async fn run_grpc(channels: &[Client], volume: &str, clients: usize, n: usize) -> anyhow::Result<Vec<Row>> {
-    let vref = || Some(pb::VolumeRef { volume: volume.to_owned() });
+async fn run_grpc(
+    channels: &[Client],
+    volume: &str,
+    clients: usize,
+    n: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let vref = || {
+        Some(pb::VolumeRef {
+            volume: volume.to_owned(),
+        })
+    };
     let mut dirs = Vec::new();
     for (c, ch) in channels.iter().enumerate() {
         let d = ch
@@ -322,7 +362,15 @@ fn print_table(rows: &[Row]) {
     println!();
     println!(
         "{:<14} {:>7} | {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>10}",
-        "operation", "clients", "grpc ops/s", "p50 us", "p99 us", "direct ops/s", "p50 us", "p99 us", "grpc/direct"
+        "operation",
+        "clients",
+        "grpc ops/s",
+        "p50 us",
+        "p99 us",
+        "direct ops/s",
+        "p50 us",
+        "p99 us",
+        "grpc/direct"
     );
     for g in rows.iter().filter(|r| r.path == "grpc") {
         let Some(d) = rows
@@ -345,5 +393,7 @@ fn print_table(rows: &[Row]) {
         );
     }
     println!();
-    println!("creates are durable (acknowledged after fsync); each client works in its own directory.");
+    println!(
+        "creates are durable (acknowledged after fsync); each client works in its own directory."
+    );
 }

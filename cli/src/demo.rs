@@ -28,30 +28,54 @@ const TREE: &[&str] = &[
 ];
 
 pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
-    let dir = tempfile::Builder::new().prefix("mirrorfs-demo-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("mirrorfs-demo-")
+        .tempdir()?;
     let meta = LocalMeta::start(dir.path()).await?;
-    println!("1. source region: meta service on {} (embedded engine in {})", meta.url, dir.path().display());
+    println!(
+        "1. source region: meta service on {} (embedded engine in {})",
+        meta.url,
+        dir.path().display()
+    );
 
     let channel = client::connect(&meta.url, Duration::from_secs(5)).await?;
     let mut admin = client::admin(channel.clone(), &meta.admin_token)?;
     let created = admin
-        .create_volume(pb::CreateVolumeRequest { name: VOLUME.into(), ..Default::default() })
+        .create_volume(pb::CreateVolumeRequest {
+            name: VOLUME.into(),
+            ..Default::default()
+        })
         .await?
         .into_inner();
     println!("2. created volume {VOLUME:?} (its token is shown once and stored only as a hash)");
 
     let mut fs = client::fs(channel.clone(), &created.token)?;
-    let vref = || Some(pb::VolumeRef { volume: VOLUME.into() });
+    let vref = || {
+        Some(pb::VolumeRef {
+            volume: VOLUME.into(),
+        })
+    };
     let started = Instant::now();
     let mut files = 0;
     for path in TREE {
         let mut parent = Ino::ROOT.0;
         for name in path.split('/') {
-            let req = pb::MkdirRequest { volume: vref(), parent, name: name.into(), mode: 0o755, uid: 0, gid: 0 };
+            let req = pb::MkdirRequest {
+                volume: vref(),
+                parent,
+                name: name.into(),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            };
             parent = match fs.mkdir(req).await {
                 Ok(r) => r.into_inner().attr.map_or(0, |a| a.ino),
                 Err(e) if e.code() == tonic::Code::AlreadyExists => fs
-                    .lookup(pb::LookupRequest { volume: vref(), parent, name: name.into() })
+                    .lookup(pb::LookupRequest {
+                        volume: vref(),
+                        parent,
+                        name: name.into(),
+                    })
                     .await?
                     .into_inner()
                     .attr
@@ -81,10 +105,19 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
 
     println!("4. path checks, as the CSI driver makes them before mounting:");
     for path in ["/teams/vision/imagenet/train", "/teams/vision/coco/train"] {
-        let r = fs.resolve(pb::ResolveRequest { volume: vref(), path: path.into() }).await?.into_inner();
+        let r = fs
+            .resolve(pb::ResolveRequest {
+                volume: vref(),
+                path: path.into(),
+            })
+            .await?
+            .into_inner();
         match r.result {
             Some(resolve_reply::Result::Found(attr)) => {
-                println!("   {path}: exists (inode {}, at revision {})", attr.ino, r.revision)
+                println!(
+                    "   {path}: exists (inode {}, at revision {})",
+                    attr.ino, r.revision
+                )
             }
             Some(resolve_reply::Result::Missing(m)) => println!(
                 "   {path}: does not exist at revision {}: {:?} has no entry {:?}",
@@ -96,11 +129,21 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
 
     let mut changelog = client::changelog(channel.clone(), &meta.admin_token)?;
     let status = admin.status(pb::StatusRequest {}).await?.into_inner();
-    let mut stream = changelog.watch(pb::WatchRequest { from_revision: 1 }).await?.into_inner();
+    let mut stream = changelog
+        .watch(pb::WatchRequest { from_revision: 1 })
+        .await?
+        .into_inner();
     let (mut entries, mut mutations, mut last) = (0u64, 0usize, 0);
     while last < status.revision {
-        let e = stream.next().await.ok_or_else(|| anyhow::anyhow!("changelog ended early"))??;
-        anyhow::ensure!(e.revision == last + 1, "gap in the changelog at {}", e.revision);
+        let e = stream
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("changelog ended early"))??;
+        anyhow::ensure!(
+            e.revision == last + 1,
+            "gap in the changelog at {}",
+            e.revision
+        );
         last = e.revision;
         entries += 1;
         mutations += e.mutations.len();
@@ -117,7 +160,11 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     if a.keep_running {
         let token_file = dir.path().join("admin.token");
         crate::token::write_new(&token_file, &meta.admin_token)?;
-        println!("\nserving until Ctrl-C; try:\n  mirrorfs status --meta {} --admin-token-file {}", meta.url, token_file.display());
+        println!(
+            "\nserving until Ctrl-C; try:\n  mirrorfs status --meta {} --admin-token-file {}",
+            meta.url,
+            token_file.display()
+        );
         tokio::signal::ctrl_c().await?;
     }
     meta.stop().await?;

@@ -40,7 +40,13 @@ impl LocalMeta {
         let task = tokio::spawn(mirrorfs_meta::service::run(listener, state, async {
             let _ = rx.await;
         }));
-        Ok(LocalMeta { url, fs, admin_token, stop, task })
+        Ok(LocalMeta {
+            url,
+            fs,
+            admin_token,
+            stop,
+            task,
+        })
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {

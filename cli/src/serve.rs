@@ -56,7 +56,12 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         Arc::new(registry),
         stopped(stop_rx.clone()),
     ));
-    let upkeep = tokio::spawn(upkeep(engine, metrics, a.changelog_retention, stop_rx.clone()));
+    let upkeep = tokio::spawn(upkeep(
+        engine,
+        metrics,
+        a.changelog_retention,
+        stop_rx.clone(),
+    ));
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
@@ -106,7 +111,9 @@ async fn upkeep(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let Ok(head) = engine.head().await else { continue };
+        let Ok(head) = engine.head().await else {
+            continue;
+        };
         metrics.revision.set(head.revision.0);
         metrics.compacted_revision.set(head.compacted.0);
         if retention > 0

@@ -14,7 +14,14 @@ struct Service {
 impl Service {
     fn start(data: &Path) -> Service {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mirrorfs"))
-            .args(["meta", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args([
+                "meta",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--data-dir")
             .arg(data)
             .env("MIRRORFS_LOG", "warn")
@@ -23,7 +30,10 @@ impl Service {
             .expect("spawn mirrorfs meta serve");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let mut next = |prefix: &str| loop {
-            let line = lines.next().expect("meta serve exited early").expect("read");
+            let line = lines
+                .next()
+                .expect("meta serve exited early")
+                .expect("read");
             if let Some(rest) = line.strip_prefix(prefix) {
                 break rest.to_owned();
             }
@@ -31,7 +41,11 @@ impl Service {
         let url = next("mirrorfs meta: serving gRPC on ");
         let metrics = next("mirrorfs meta: serving /metrics and /healthz on ");
         std::thread::spawn(move || for _ in lines {});
-        Service { child, url, metrics }
+        Service {
+            child,
+            url,
+            metrics,
+        }
     }
 }
 
@@ -44,7 +58,9 @@ impl Drop for Service {
 
 fn mirrorfs(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mirrorfs"));
-    cmd.args(args).env_remove("MIRRORFS_ADMIN_TOKEN").env_remove("MIRRORFS_ADMIN_TOKEN_FILE");
+    cmd.args(args)
+        .env_remove("MIRRORFS_ADMIN_TOKEN")
+        .env_remove("MIRRORFS_ADMIN_TOKEN_FILE");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -52,7 +68,11 @@ fn mirrorfs(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// A minimal HTTP/1.0 GET, enough for /healthz and /metrics.
@@ -74,26 +94,68 @@ fn operator_workflow() {
 
     // The admin token is generated on first start, readable only by its owner.
     let admin_file = data.join("admin.token");
-    let mode = std::fs::metadata(&admin_file).expect("admin.token").permissions().mode();
+    let mode = std::fs::metadata(&admin_file)
+        .expect("admin.token")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "admin.token mode {mode:o}");
     let admin = admin_file.to_str().expect("utf-8 path");
-    let env = [("MIRRORFS_META", svc.url.as_str()), ("MIRRORFS_ADMIN_TOKEN_FILE", admin)];
+    let env = [
+        ("MIRRORFS_META", svc.url.as_str()),
+        ("MIRRORFS_ADMIN_TOKEN_FILE", admin),
+    ];
 
     let token_file = dir.path().join("datasets.token");
-    let o = mirrorfs(&["volume", "create", "datasets", "--token-file", token_file.to_str().expect("path")], &env);
+    let o = mirrorfs(
+        &[
+            "volume",
+            "create",
+            "datasets",
+            "--token-file",
+            token_file.to_str().expect("path"),
+        ],
+        &env,
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("created volume datasets"));
-    assert!(!text(&o).contains(std::fs::read_to_string(&token_file).expect("token").trim()), "token must not be printed when written to a file");
-    let mode = std::fs::metadata(&token_file).expect("token file").permissions().mode();
+    assert!(
+        !text(&o).contains(std::fs::read_to_string(&token_file).expect("token").trim()),
+        "token must not be printed when written to a file"
+    );
+    let mode = std::fs::metadata(&token_file)
+        .expect("token file")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     // The token file is never overwritten.
-    let o = mirrorfs(&["volume", "create", "other", "--token-file", token_file.to_str().expect("path")], &env);
-    assert!(!o.status.success() && text(&o).contains("already exists"), "{}", text(&o));
+    let o = mirrorfs(
+        &[
+            "volume",
+            "create",
+            "other",
+            "--token-file",
+            token_file.to_str().expect("path"),
+        ],
+        &env,
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("already exists"),
+        "{}",
+        text(&o)
+    );
 
     let o = mirrorfs(&["volume", "create", "datasets"], &env);
-    assert!(!o.status.success() && text(&o).contains("already exists"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("already exists"),
+        "{}",
+        text(&o)
+    );
     let o = mirrorfs(&["volume", "create", "Not/Valid"], &env);
-    assert!(!o.status.success() && text(&o).contains("Not/Valid"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("Not/Valid"),
+        "{}",
+        text(&o)
+    );
 
     let o = mirrorfs(&["volume", "list", "--json"], &env);
     assert!(o.status.success(), "{}", text(&o));
@@ -110,15 +172,40 @@ fn operator_workflow() {
     let o = mirrorfs(&["volume", "delete", "datasets"], &env);
     assert!(o.status.success(), "{}", text(&o));
     let o = mirrorfs(&["volume", "delete", "datasets"], &env);
-    assert!(!o.status.success() && text(&o).contains("does not exist"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("does not exist"),
+        "{}",
+        text(&o)
+    );
 
     // Wrong token, no token, unreachable service: clear errors, non-zero exit.
-    let o = mirrorfs(&["status"], &[("MIRRORFS_META", &svc.url), ("MIRRORFS_ADMIN_TOKEN", "wrong")]);
-    assert!(!o.status.success() && text(&o).contains("invalid token"), "{}", text(&o));
+    let o = mirrorfs(
+        &["status"],
+        &[
+            ("MIRRORFS_META", &svc.url),
+            ("MIRRORFS_ADMIN_TOKEN", "wrong"),
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("invalid token"),
+        "{}",
+        text(&o)
+    );
     let o = mirrorfs(&["status"], &[("MIRRORFS_META", &svc.url)]);
-    assert!(!o.status.success() && text(&o).contains("no admin token"), "{}", text(&o));
-    let o = mirrorfs(&["status", "--meta", "http://127.0.0.1:1"], &[("MIRRORFS_ADMIN_TOKEN", "x")]);
-    assert!(!o.status.success() && text(&o).contains("cannot reach the meta service"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("no admin token"),
+        "{}",
+        text(&o)
+    );
+    let o = mirrorfs(
+        &["status", "--meta", "http://127.0.0.1:1"],
+        &[("MIRRORFS_ADMIN_TOKEN", "x")],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("cannot reach the meta service"),
+        "{}",
+        text(&o)
+    );
 
     assert!(http_get(&svc.metrics, "/healthz").contains("ok"));
     let metrics = http_get(&svc.metrics, "/metrics");
@@ -129,14 +216,64 @@ fn operator_workflow() {
 fn bad_serve_flags_fail_fast() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_str().expect("path");
-    let o = mirrorfs(&["meta", "serve", "--data-dir", d, "--engine", "nosuch", "--listen", "127.0.0.1:0"], &[]);
-    assert!(!o.status.success() && text(&o).contains("unknown engine"), "{}", text(&o));
-    let o = mirrorfs(&["meta", "serve", "--data-dir", d, "--listen", "not-an-address"], &[]);
-    assert!(!o.status.success() && text(&o).contains("invalid value"), "{}", text(&o));
+    let o = mirrorfs(
+        &[
+            "meta",
+            "serve",
+            "--data-dir",
+            d,
+            "--engine",
+            "nosuch",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("unknown engine"),
+        "{}",
+        text(&o)
+    );
+    let o = mirrorfs(
+        &[
+            "meta",
+            "serve",
+            "--data-dir",
+            d,
+            "--listen",
+            "not-an-address",
+        ],
+        &[],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("invalid value"),
+        "{}",
+        text(&o)
+    );
     let o = mirrorfs(&["meta", "serve", "--listen", "127.0.0.1:0"], &[]);
-    assert!(!o.status.success() && text(&o).contains("--data-dir"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("--data-dir"),
+        "{}",
+        text(&o)
+    );
     // A corrupt database names its file.
     std::fs::write(dir.path().join("meta.redb"), b"this is not a database").expect("write");
-    let o = mirrorfs(&["meta", "serve", "--data-dir", d, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"], &[]);
-    assert!(!o.status.success() && text(&o).contains("meta.redb"), "{}", text(&o));
+    let o = mirrorfs(
+        &[
+            "meta",
+            "serve",
+            "--data-dir",
+            d,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("meta.redb"),
+        "{}",
+        text(&o)
+    );
 }

@@ -23,7 +23,14 @@ struct Service {
 impl Service {
     fn start(data: &Path, token_file: &Path) -> Service {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mirrorfs"))
-            .args(["meta", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args([
+                "meta",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--data-dir")
             .arg(data)
             .arg("--admin-token-file")
@@ -70,10 +77,15 @@ async fn acknowledged_creates_survive_kill_9() {
     let data = dir.path().join("data");
 
     let mut svc = Service::start(&data, &token_file);
-    let channel = client::connect(&svc.url, Duration::from_secs(5)).await.expect("connect");
+    let channel = client::connect(&svc.url, Duration::from_secs(5))
+        .await
+        .expect("connect");
     let mut admin = client::admin(channel.clone(), ADMIN).expect("admin client");
     let token = admin
-        .create_volume(pb::CreateVolumeRequest { name: "crash".into(), ..Default::default() })
+        .create_volume(pb::CreateVolumeRequest {
+            name: "crash".into(),
+            ..Default::default()
+        })
         .await
         .expect("create volume")
         .into_inner()
@@ -86,9 +98,20 @@ async fn acknowledged_creates_survive_kill_9() {
         let mut fs = client::fs(channel.clone(), &token).expect("fs client");
         let acked = acked.clone();
         writers.push(tokio::spawn(async move {
-            let vref = || Some(pb::VolumeRef { volume: "crash".into() });
+            let vref = || {
+                Some(pb::VolumeRef {
+                    volume: "crash".into(),
+                })
+            };
             let dir = fs
-                .mkdir(pb::MkdirRequest { volume: vref(), parent: 1, name: format!("w{w}").into(), mode: 0o755, uid: 0, gid: 0 })
+                .mkdir(pb::MkdirRequest {
+                    volume: vref(),
+                    parent: 1,
+                    name: format!("w{w}").into(),
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                })
                 .await
                 .expect("mkdir")
                 .into_inner()
@@ -97,7 +120,15 @@ async fn acknowledged_creates_survive_kill_9() {
                 .ino;
             for i in 0.. {
                 let name = format!("f{i}");
-                let req = pb::CreateRequest { volume: vref(), parent: dir, name: name.clone().into(), mode: 0o644, uid: 0, gid: 0, exclusive: true };
+                let req = pb::CreateRequest {
+                    volume: vref(),
+                    parent: dir,
+                    name: name.clone().into(),
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    exclusive: true,
+                };
                 match fs.create(req).await {
                     Ok(_) => acked.lock().expect("lock").push((dir, name)),
                     Err(_) => return, // the service died under us
@@ -119,23 +150,54 @@ async fn acknowledged_creates_survive_kill_9() {
     drop(svc);
 
     let svc = Service::start(&data, &token_file);
-    let channel = client::connect(&svc.url, Duration::from_secs(5)).await.expect("reconnect");
+    let channel = client::connect(&svc.url, Duration::from_secs(5))
+        .await
+        .expect("reconnect");
     let mut fs = client::fs(channel.clone(), &token).expect("fs client");
     for (dir, name) in &acked {
         let found = fs
-            .lookup(pb::LookupRequest { volume: Some(pb::VolumeRef { volume: "crash".into() }), parent: *dir, name: name.clone().into() })
+            .lookup(pb::LookupRequest {
+                volume: Some(pb::VolumeRef {
+                    volume: "crash".into(),
+                }),
+                parent: *dir,
+                name: name.clone().into(),
+            })
             .await;
-        assert!(found.is_ok(), "acknowledged create of {name} in dir {dir} was lost: {found:?}");
+        assert!(
+            found.is_ok(),
+            "acknowledged create of {name} in dir {dir} was lost: {found:?}"
+        );
     }
 
     let mut admin = client::admin(channel.clone(), ADMIN).expect("admin client");
-    let head = admin.status(pb::StatusRequest {}).await.expect("status").into_inner().revision;
-    assert!(head as usize > acked.len(), "head {head} below {} acknowledged creates", acked.len());
+    let head = admin
+        .status(pb::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .revision;
+    assert!(
+        head as usize > acked.len(),
+        "head {head} below {} acknowledged creates",
+        acked.len()
+    );
     let mut cl = client::changelog(channel, ADMIN).expect("changelog client");
-    let mut stream = cl.watch(pb::WatchRequest { from_revision: 1 }).await.expect("watch").into_inner();
+    let mut stream = cl
+        .watch(pb::WatchRequest { from_revision: 1 })
+        .await
+        .expect("watch")
+        .into_inner();
     for expected in 1..=head {
-        let e = stream.next().await.expect("changelog ended early").expect("entry");
+        let e = stream
+            .next()
+            .await
+            .expect("changelog ended early")
+            .expect("entry");
         assert_eq!(e.revision, expected, "changelog gap after kill -9");
     }
-    println!("{} acknowledged creates survived kill -9; changelog 1..={head} has no gap", acked.len());
+    println!(
+        "{} acknowledged creates survived kill -9; changelog 1..={head} has no gap",
+        acked.len()
+    );
 }

@@ -77,6 +77,8 @@ pub fn admin(channel: Channel, token: &str) -> Result<AdminClient<Authed>, Clien
 }
 
 pub fn changelog(channel: Channel, token: &str) -> Result<ChangelogClient<Authed>, ClientError> {
-    Ok(ChangelogClient::with_interceptor(channel, Bearer::new(token)?)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(
+        ChangelogClient::with_interceptor(channel, Bearer::new(token)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+    )
 }

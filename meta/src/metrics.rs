@@ -44,16 +44,34 @@ impl MetaMetrics {
             watchers: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("mirrorfs_meta");
-        r.register("rpc", "gRPC calls by method and outcome (ok or error kind)", m.rpc_total.clone());
-        r.register("rpc_duration_seconds", "gRPC call latency by method", m.rpc_seconds.clone());
+        r.register(
+            "rpc",
+            "gRPC calls by method and outcome (ok or error kind)",
+            m.rpc_total.clone(),
+        );
+        r.register(
+            "rpc_duration_seconds",
+            "gRPC call latency by method",
+            m.rpc_seconds.clone(),
+        );
         r.register("revision", "Latest committed revision", m.revision.clone());
-        r.register("compacted_revision", "Changelog compacted up to this revision", m.compacted_revision.clone());
-        r.register("changelog_watchers", "Open changelog streams", m.watchers.clone());
+        r.register(
+            "compacted_revision",
+            "Changelog compacted up to this revision",
+            m.compacted_revision.clone(),
+        );
+        r.register(
+            "changelog_watchers",
+            "Open changelog streams",
+            m.watchers.clone(),
+        );
         m
     }
 
     pub fn observe(&self, method: &'static str, outcome: &'static str, took: Duration) {
-        self.rpc_total.get_or_create(&RpcLabels { method, outcome }).inc();
+        self.rpc_total
+            .get_or_create(&RpcLabels { method, outcome })
+            .inc();
         self.rpc_seconds
             .get_or_create(&MethodLabel { method })
             .observe(took.as_secs_f64());

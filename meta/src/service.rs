@@ -64,11 +64,21 @@ pub async fn run(
     state: Arc<MetaState>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    // Long-lived changelog streams end at shutdown; otherwise a graceful stop would wait for
+    // every follower to hang up.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     let fs = FsServer::from_arc(Arc::new(fs::FsService(state.clone())))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServer::from_arc(Arc::new(admin::AdminService(state.clone())));
-    let changelog = ChangelogServer::from_arc(Arc::new(changelog::ChangelogService(state)))
+    let changelog = ChangelogServer::from_arc(Arc::new(changelog::ChangelogService {
+        state,
+        stop: stop_rx,
+    }))
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -11,13 +11,18 @@ use mirrorfs_meta::client;
 use tonic::Code;
 
 fn vref(name: &str) -> Option<pb::VolumeRef> {
-    Some(pb::VolumeRef { volume: name.into() })
+    Some(pb::VolumeRef {
+        volume: name.into(),
+    })
 }
 
 async fn create_volume(s: &Server, name: &str) -> String {
     let mut admin = client::admin(s.channel().await, ADMIN).unwrap();
     admin
-        .create_volume(pb::CreateVolumeRequest { name: name.into(), ..Default::default() })
+        .create_volume(pb::CreateVolumeRequest {
+            name: name.into(),
+            ..Default::default()
+        })
         .await
         .expect("create volume")
         .into_inner()
@@ -25,7 +30,14 @@ async fn create_volume(s: &Server, name: &str) -> String {
 }
 
 fn mkdir(vol: &str, parent: u64, name: &str) -> pb::MkdirRequest {
-    pb::MkdirRequest { volume: vref(vol), parent, name: name.into(), mode: 0o755, uid: 0, gid: 0 }
+    pb::MkdirRequest {
+        volume: vref(vol),
+        parent,
+        name: name.into(),
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    }
 }
 
 #[tokio::test]
@@ -36,31 +48,64 @@ async fn calls_without_the_right_token_are_refused() {
 
     // Admin API: no token, wrong token.
     let mut anon = client::admin(s.channel().await, "wrong").unwrap();
-    let e = anon.list_volumes(pb::ListVolumesRequest {}).await.unwrap_err();
+    let e = anon
+        .list_volumes(pb::ListVolumesRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     let raw = mirrorfs_api::meta::admin_client::AdminClient::new(s.channel().await)
         .list_volumes(pb::ListVolumesRequest {})
         .await
         .unwrap_err();
     assert_eq!(raw.code(), Code::Unauthenticated);
-    assert!(raw.message().contains("Bearer"), "message should say how to authenticate: {raw:?}");
+    assert!(
+        raw.message().contains("Bearer"),
+        "message should say how to authenticate: {raw:?}"
+    );
 
     // Fs API: the token of volume alpha does not open beta; the admin token opens no volume.
     let mut fs_a = client::fs(s.channel().await, &tok_a).unwrap();
-    let e = fs_a.get_attr(pb::GetAttrRequest { volume: vref("beta"), ino: 1 }).await.unwrap_err();
+    let e = fs_a
+        .get_attr(pb::GetAttrRequest {
+            volume: vref("beta"),
+            ino: 1,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     let mut fs_admin = client::fs(s.channel().await, ADMIN).unwrap();
-    let e = fs_admin.get_attr(pb::GetAttrRequest { volume: vref("alpha"), ino: 1 }).await.unwrap_err();
+    let e = fs_admin
+        .get_attr(pb::GetAttrRequest {
+            volume: vref("alpha"),
+            ino: 1,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     // Unknown volume and a request naming none.
-    let e = fs_a.get_attr(pb::GetAttrRequest { volume: vref("nope"), ino: 1 }).await.unwrap_err();
+    let e = fs_a
+        .get_attr(pb::GetAttrRequest {
+            volume: vref("nope"),
+            ino: 1,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     assert!(e.message().contains("nope"));
-    let e = fs_a.get_attr(pb::GetAttrRequest { volume: None, ino: 1 }).await.unwrap_err();
+    let e = fs_a
+        .get_attr(pb::GetAttrRequest {
+            volume: None,
+            ino: 1,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     // The changelog is admin-only.
     let mut cl = client::changelog(s.channel().await, &tok_a).unwrap();
-    let e = cl.watch(pb::WatchRequest { from_revision: 1 }).await.unwrap_err();
+    let e = cl
+        .watch(pb::WatchRequest { from_revision: 1 })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     s.stop().await;
 }
@@ -71,11 +116,23 @@ async fn file_system_calls_round_trip_with_error_kinds() {
     let tok = create_volume(&s, "data").await;
     let mut fs = client::fs(s.channel().await, &tok).unwrap();
 
-    let open = fs.open_volume(pb::OpenVolumeRequest { volume: vref("data") }).await.unwrap().into_inner();
+    let open = fs
+        .open_volume(pb::OpenVolumeRequest {
+            volume: vref("data"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(open.root_ino, Ino::ROOT.0);
     assert!(!open.read_only);
 
-    let a = fs.mkdir(mkdir("data", 1, "a")).await.unwrap().into_inner().attr.unwrap();
+    let a = fs
+        .mkdir(mkdir("data", 1, "a"))
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
     assert_eq!(a.kind, pb::FileKind::Directory as i32);
     let e = fs.mkdir(mkdir("data", 1, "a")).await.unwrap_err();
     assert_eq!(FsErrorKind::of(&e), Some(FsErrorKind::Exists));
@@ -98,12 +155,21 @@ async fn file_system_calls_round_trip_with_error_kinds() {
     let (mut after, mut names) = (Vec::new(), Vec::new());
     loop {
         let page = fs
-            .read_dir(pb::ReadDirRequest { volume: vref("data"), ino: a.ino, after: after.clone(), limit: 7 })
+            .read_dir(pb::ReadDirRequest {
+                volume: vref("data"),
+                ino: a.ino,
+                after: after.clone(),
+                limit: 7,
+            })
             .await
             .unwrap()
             .into_inner();
         assert!(page.entries.len() <= 7);
-        names.extend(page.entries.iter().map(|e| String::from_utf8(e.name.clone()).unwrap()));
+        names.extend(
+            page.entries
+                .iter()
+                .map(|e| String::from_utf8(e.name.clone()).unwrap()),
+        );
         match page.entries.last() {
             Some(e) if page.more => after = e.name.clone(),
             _ => break,
@@ -112,20 +178,40 @@ async fn file_system_calls_round_trip_with_error_kinds() {
     let expected: Vec<_> = (0..25).map(|i| format!("f{i:02}")).collect();
     assert_eq!(names, expected);
 
-    let e = fs.rmdir(pb::RmdirRequest { volume: vref("data"), parent: 1, name: "a".into() }).await.unwrap_err();
+    let e = fs
+        .rmdir(pb::RmdirRequest {
+            volume: vref("data"),
+            parent: 1,
+            name: "a".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(FsErrorKind::of(&e), Some(FsErrorKind::NotEmpty));
     let e = fs
-        .lookup(pb::LookupRequest { volume: vref("data"), parent: a.ino, name: "missing".into() })
+        .lookup(pb::LookupRequest {
+            volume: vref("data"),
+            parent: a.ino,
+            name: "missing".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(FsErrorKind::of(&e), Some(FsErrorKind::NotFound));
     let e = fs.mkdir(mkdir("data", 1, "x/y")).await.unwrap_err();
     assert_eq!(FsErrorKind::of(&e), Some(FsErrorKind::InvalidArgument));
-    let e = fs.mkdir(mkdir("data", 1, &"n".repeat(256))).await.unwrap_err();
+    let e = fs
+        .mkdir(mkdir("data", 1, &"n".repeat(256)))
+        .await
+        .unwrap_err();
     assert_eq!(FsErrorKind::of(&e), Some(FsErrorKind::NameTooLong));
 
     // Rename a directory into its own subtree is refused.
-    let b = fs.mkdir(mkdir("data", a.ino, "b")).await.unwrap().into_inner().attr.unwrap();
+    let b = fs
+        .mkdir(mkdir("data", a.ino, "b"))
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
     let e = fs
         .rename(pb::RenameRequest {
             volume: vref("data"),
@@ -137,7 +223,11 @@ async fn file_system_calls_round_trip_with_error_kinds() {
         })
         .await
         .unwrap_err();
-    assert_eq!(FsErrorKind::of(&e), Some(FsErrorKind::InvalidArgument), "{e:?}");
+    assert_eq!(
+        FsErrorKind::of(&e),
+        Some(FsErrorKind::InvalidArgument),
+        "{e:?}"
+    );
 
     // Symlinks are stored, not followed.
     let l = fs
@@ -154,7 +244,14 @@ async fn file_system_calls_round_trip_with_error_kinds() {
         .into_inner()
         .attr
         .unwrap();
-    let t = fs.read_link(pb::ReadLinkRequest { volume: vref("data"), ino: l.ino }).await.unwrap().into_inner();
+    let t = fs
+        .read_link(pb::ReadLinkRequest {
+            volume: vref("data"),
+            ino: l.ino,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(t.target, b"/etc/passwd");
     s.stop().await;
 }
@@ -164,16 +261,42 @@ async fn resolve_reports_the_first_missing_component() {
     let s = Server::start().await;
     let tok = create_volume(&s, "data").await;
     let mut fs = client::fs(s.channel().await, &tok).unwrap();
-    let a = fs.mkdir(mkdir("data", 1, "a")).await.unwrap().into_inner().attr.unwrap();
-    let b = fs.mkdir(mkdir("data", a.ino, "b")).await.unwrap().into_inner().attr.unwrap();
+    let a = fs
+        .mkdir(mkdir("data", 1, "a"))
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
+    let b = fs
+        .mkdir(mkdir("data", a.ino, "b"))
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
 
-    let r = fs.resolve(pb::ResolveRequest { volume: vref("data"), path: "/a/b/".into() }).await.unwrap().into_inner();
+    let r = fs
+        .resolve(pb::ResolveRequest {
+            volume: vref("data"),
+            path: "/a/b/".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.revision > 0);
     match r.result {
         Some(pb::resolve_reply::Result::Found(attr)) => assert_eq!(attr.ino, b.ino),
         other => panic!("expected /a/b to resolve, got {other:?}"),
     }
-    let r = fs.resolve(pb::ResolveRequest { volume: vref("data"), path: "/a/x/y".into() }).await.unwrap().into_inner();
+    let r = fs
+        .resolve(pb::ResolveRequest {
+            volume: vref("data"),
+            path: "/a/x/y".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     match r.result {
         Some(pb::resolve_reply::Result::Missing(m)) => {
             assert_eq!(m.existing_prefix, "/a");
@@ -181,7 +304,13 @@ async fn resolve_reports_the_first_missing_component() {
         }
         other => panic!("expected a missing component, got {other:?}"),
     }
-    let e = fs.resolve(pb::ResolveRequest { volume: vref("data"), path: "/a/../etc".into() }).await.unwrap_err();
+    let e = fs
+        .resolve(pb::ResolveRequest {
+            volume: vref("data"),
+            path: "/a/../etc".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     s.stop().await;
 }
@@ -192,7 +321,11 @@ async fn changelog_streams_every_revision_of_the_mirrored_keyspace() {
     let tok = create_volume(&s, "data").await;
     let mut fs = client::fs(s.channel().await, &tok).unwrap();
     let mut cl = client::changelog(s.channel().await, ADMIN).unwrap();
-    let mut stream = cl.watch(pb::WatchRequest { from_revision: 1 }).await.unwrap().into_inner();
+    let mut stream = cl
+        .watch(pb::WatchRequest { from_revision: 1 })
+        .await
+        .unwrap()
+        .into_inner();
 
     for i in 0..20 {
         fs.mkdir(mkdir("data", 1, &format!("d{i}"))).await.unwrap();
@@ -219,7 +352,11 @@ async fn changelog_streams_every_revision_of_the_mirrored_keyspace() {
     assert_eq!(e.revision, head + 1);
 
     // Snapshot: one revision, mirrored keys only, and a final chunk.
-    let mut snap = cl.snapshot(pb::SnapshotRequest {}).await.unwrap().into_inner();
+    let mut snap = cl
+        .snapshot(pb::SnapshotRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let (mut pairs, mut last, mut rev) = (0, false, None);
     while let Some(chunk) = snap.next().await {
         let chunk = chunk.unwrap();
@@ -232,13 +369,31 @@ async fn changelog_streams_every_revision_of_the_mirrored_keyspace() {
 
     // After compaction, an old position is refused with the compaction point.
     let mut admin = client::admin(s.channel().await, ADMIN).unwrap();
-    let c = admin.compact(pb::CompactRequest { revision: head }).await.unwrap().into_inner();
+    let c = admin
+        .compact(pb::CompactRequest { revision: head })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(c.compacted_revision, head);
-    let e = cl.watch(pb::WatchRequest { from_revision: 2 }).await.unwrap_err();
+    let e = cl
+        .watch(pb::WatchRequest { from_revision: 2 })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::OutOfRange);
-    assert_eq!(mirrorfs_meta::error::compacted_revision(&e).map(|r| r.0), Some(head));
+    assert_eq!(
+        mirrorfs_meta::error::compacted_revision(&e).map(|r| r.0),
+        Some(head)
+    );
     assert!(e.message().contains("re-bootstrap"), "{e:?}");
-    let ok = cl.watch(pb::WatchRequest { from_revision: head + 1 }).await.unwrap().into_inner().next().await;
+    let ok = cl
+        .watch(pb::WatchRequest {
+            from_revision: head + 1,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await;
     assert_eq!(ok.unwrap().unwrap().revision, head + 1);
     s.stop().await;
 }
@@ -248,25 +403,49 @@ async fn status_reports_the_cluster() {
     let s = Server::start().await;
     create_volume(&s, "one").await;
     let mut admin = client::admin(s.channel().await, ADMIN).unwrap();
-    let st = admin.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    let st = admin
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(st.engine, "memory");
     assert_eq!(st.role, "source");
     assert_eq!(st.volumes, 1);
     assert!(st.revision >= 1 && !st.cluster_id.is_empty());
-    let vols = admin.list_volumes(pb::ListVolumesRequest {}).await.unwrap().into_inner().volumes;
-    assert_eq!(vols.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["one"]);
+    let vols = admin
+        .list_volumes(pb::ListVolumesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .volumes;
+    assert_eq!(
+        vols.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+        ["one"]
+    );
     let e = admin
-        .create_volume(pb::CreateVolumeRequest { name: "one".into(), ..Default::default() })
+        .create_volume(pb::CreateVolumeRequest {
+            name: "one".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
     let e = admin
-        .create_volume(pb::CreateVolumeRequest { name: "Bad/Name".into(), ..Default::default() })
+        .create_volume(pb::CreateVolumeRequest {
+            name: "Bad/Name".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    admin.delete_volume(pb::DeleteVolumeRequest { name: "one".into() }).await.unwrap();
-    let e = admin.delete_volume(pb::DeleteVolumeRequest { name: "one".into() }).await.unwrap_err();
+    admin
+        .delete_volume(pb::DeleteVolumeRequest { name: "one".into() })
+        .await
+        .unwrap();
+    let e = admin
+        .delete_volume(pb::DeleteVolumeRequest { name: "one".into() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     s.stop().await;
 }

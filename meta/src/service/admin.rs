@@ -36,9 +36,8 @@ impl Admin for AdminService {
                 });
             }
             let r = req.into_inner();
-            let (volume, token) = s
-                .fs
-                .create_volume(NewVolume {
+            let (volume, token) =
+                s.fs.create_volume(NewVolume {
                     name: r.name,
                     storage: r.storage.unwrap_or_default(),
                     capacity_bytes: r.capacity_bytes,
@@ -90,7 +89,10 @@ impl Admin for AdminService {
         .await
     }
 
-    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
         let s = &self.0;
         s.observe("Status", async {
             s.admin.check(req.metadata())?;
@@ -110,7 +112,10 @@ impl Admin for AdminService {
         .await
     }
 
-    async fn compact(&self, req: Request<pb::CompactRequest>) -> Result<Response<pb::CompactReply>, Status> {
+    async fn compact(
+        &self,
+        req: Request<pb::CompactRequest>,
+    ) -> Result<Response<pb::CompactReply>, Status> {
         let s = &self.0;
         s.observe("Compact", async {
             s.admin.check(req.metadata())?;

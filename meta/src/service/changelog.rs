@@ -3,6 +3,7 @@
 //! filtered out of both, while every revision is still delivered (possibly with no mutations)
 //! so a follower sees the sequence without gaps.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -16,7 +17,21 @@ use crate::engine::{ChangeEntry, Mutation};
 use crate::error::MetaError;
 use crate::keyspace::is_mirrored;
 
-pub struct ChangelogService(pub Arc<MetaState>);
+pub struct ChangelogService {
+    pub state: Arc<MetaState>,
+    /// Becomes `true` when the server shuts down; open streams end then.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ChangelogService {
+    /// Completes when the server begins to shut down.
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stop = self.stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    }
+}
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -50,8 +65,12 @@ impl Changelog for ChangelogService {
     type WatchStream = BoxStream<pb::ChangelogEntry>;
     type SnapshotStream = BoxStream<pb::SnapshotChunk>;
 
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let s = self.0.clone();
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let s = self.state.clone();
+        let stopped = self.stopped();
         s.clone()
             .observe("Watch", async move {
                 s.admin.check(req.metadata())?;
@@ -65,7 +84,7 @@ impl Changelog for ChangelogService {
                     r.map(|e| to_wire(&cluster_id, e))
                         .map_err(|e| Status::from(MetaError::from(e)))
                 });
-                Ok(Box::pin(stream) as Self::WatchStream)
+                Ok(Box::pin(stream.take_until(stopped)) as Self::WatchStream)
             })
             .await
     }
@@ -74,7 +93,8 @@ impl Changelog for ChangelogService {
         &self,
         req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let s = self.0.clone();
+        let s = self.state.clone();
+        let stopped = self.stopped();
         s.clone()
             .observe("Snapshot", async move {
                 s.admin.check(req.metadata())?;
@@ -93,9 +113,12 @@ impl Changelog for ChangelogService {
                     .map(|chunk| {
                         chunk.map(|kvs| {
                             futures::stream::iter(
-                                kvs.into_iter()
-                                    .filter(|kv| is_mirrored(&kv.key))
-                                    .map(|kv| Ok(pb::KeyValue { key: kv.key, value: kv.value })),
+                                kvs.into_iter().filter(|kv| is_mirrored(&kv.key)).map(|kv| {
+                                    Ok(pb::KeyValue {
+                                        key: kv.key,
+                                        value: kv.value,
+                                    })
+                                }),
                             )
                         })
                     })
@@ -112,13 +135,19 @@ impl Changelog for ChangelogService {
                             .into_iter()
                             .collect::<Result<Vec<_>, _>>()
                             .map_err(|e| Status::from(MetaError::from(e)))?;
-                        Ok(pb::SnapshotChunk { pairs, ..header.clone() })
+                        Ok(pb::SnapshotChunk {
+                            pairs,
+                            ..header.clone()
+                        })
                     })
                 };
                 let last = futures::stream::once(async move {
-                    Ok(pb::SnapshotChunk { last: true, ..header })
+                    Ok(pb::SnapshotChunk {
+                        last: true,
+                        ..header
+                    })
                 });
-                Ok(Box::pin(body.chain(last)) as Self::SnapshotStream)
+                Ok(Box::pin(body.chain(last).take_until(stopped)) as Self::SnapshotStream)
             })
             .await
     }

@@ -115,21 +115,30 @@ impl Fs for FsService {
         .await
     }
 
-    async fn lookup(&self, req: Request<pb::LookupRequest>) -> Result<Response<pb::AttrReply>, Status> {
+    async fn lookup(
+        &self,
+        req: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
         self.call("Lookup", req, |fs, vol, r| async move {
             Ok(attr_reply(fs.lookup(&vol, Ino(r.parent), &r.name).await?))
         })
         .await
     }
 
-    async fn get_attr(&self, req: Request<pb::GetAttrRequest>) -> Result<Response<pb::AttrReply>, Status> {
+    async fn get_attr(
+        &self,
+        req: Request<pb::GetAttrRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
         self.call("GetAttr", req, |fs, vol, r| async move {
             Ok(attr_reply(fs.getattr(&vol, Ino(r.ino)).await?))
         })
         .await
     }
 
-    async fn set_attr(&self, req: Request<pb::SetAttrRequest>) -> Result<Response<pb::AttrReply>, Status> {
+    async fn set_attr(
+        &self,
+        req: Request<pb::SetAttrRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
         self.call("SetAttr", req, |fs, vol, r| async move {
             let set = SetAttr {
                 mode: r.mode,
@@ -144,10 +153,15 @@ impl Fs for FsService {
         .await
     }
 
-    async fn read_dir(&self, req: Request<pb::ReadDirRequest>) -> Result<Response<pb::ReadDirReply>, Status> {
+    async fn read_dir(
+        &self,
+        req: Request<pb::ReadDirRequest>,
+    ) -> Result<Response<pb::ReadDirReply>, Status> {
         self.call("ReadDir", req, |fs, vol, r| async move {
             let revision = head_revision(&fs).await?;
-            let page = fs.readdir(&vol, Ino(r.ino), &r.after, r.limit as usize).await?;
+            let page = fs
+                .readdir(&vol, Ino(r.ino), &r.after, r.limit as usize)
+                .await?;
             Ok(pb::ReadDirReply {
                 entries: page.entries,
                 more: page.more,
@@ -157,7 +171,10 @@ impl Fs for FsService {
         .await
     }
 
-    async fn mkdir(&self, req: Request<pb::MkdirRequest>) -> Result<Response<pb::AttrReply>, Status> {
+    async fn mkdir(
+        &self,
+        req: Request<pb::MkdirRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
         self.call("Mkdir", req, |fs, vol, r| async move {
             let o = owner(r.mode, r.uid, r.gid);
             Ok(attr_reply(fs.mkdir(&vol, Ino(r.parent), &r.name, o).await?))
@@ -165,16 +182,24 @@ impl Fs for FsService {
         .await
     }
 
-    async fn create(&self, req: Request<pb::CreateRequest>) -> Result<Response<pb::AttrReply>, Status> {
+    async fn create(
+        &self,
+        req: Request<pb::CreateRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
         self.call("Create", req, |fs, vol, r| async move {
             let o = owner(r.mode, r.uid, r.gid);
-            let attr = fs.create(&vol, Ino(r.parent), &r.name, o, r.exclusive).await?;
+            let attr = fs
+                .create(&vol, Ino(r.parent), &r.name, o, r.exclusive)
+                .await?;
             Ok(attr_reply(attr))
         })
         .await
     }
 
-    async fn unlink(&self, req: Request<pb::UnlinkRequest>) -> Result<Response<pb::UnlinkReply>, Status> {
+    async fn unlink(
+        &self,
+        req: Request<pb::UnlinkRequest>,
+    ) -> Result<Response<pb::UnlinkReply>, Status> {
         self.call("Unlink", req, |fs, vol, r| async move {
             let removed = fs.unlink(&vol, Ino(r.parent), &r.name).await?;
             Ok(pb::UnlinkReply {
@@ -186,7 +211,10 @@ impl Fs for FsService {
         .await
     }
 
-    async fn rmdir(&self, req: Request<pb::RmdirRequest>) -> Result<Response<pb::UnlinkReply>, Status> {
+    async fn rmdir(
+        &self,
+        req: Request<pb::RmdirRequest>,
+    ) -> Result<Response<pb::UnlinkReply>, Status> {
         self.call("Rmdir", req, |fs, vol, r| async move {
             let removed = fs.rmdir(&vol, Ino(r.parent), &r.name).await?;
             Ok(pb::UnlinkReply {
@@ -198,7 +226,10 @@ impl Fs for FsService {
         .await
     }
 
-    async fn rename(&self, req: Request<pb::RenameRequest>) -> Result<Response<pb::RenameReply>, Status> {
+    async fn rename(
+        &self,
+        req: Request<pb::RenameRequest>,
+    ) -> Result<Response<pb::RenameReply>, Status> {
         self.call("Rename", req, |fs, vol, r| async move {
             let replaced = fs
                 .rename(
@@ -222,16 +253,23 @@ impl Fs for FsService {
 
     async fn link(&self, req: Request<pb::LinkRequest>) -> Result<Response<pb::AttrReply>, Status> {
         self.call("Link", req, |fs, vol, r| async move {
-            let attr = fs.link(&vol, Ino(r.ino), Ino(r.new_parent), &r.new_name).await?;
+            let attr = fs
+                .link(&vol, Ino(r.ino), Ino(r.new_parent), &r.new_name)
+                .await?;
             Ok(attr_reply(attr))
         })
         .await
     }
 
-    async fn symlink(&self, req: Request<pb::SymlinkRequest>) -> Result<Response<pb::AttrReply>, Status> {
+    async fn symlink(
+        &self,
+        req: Request<pb::SymlinkRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
         self.call("Symlink", req, |fs, vol, r| async move {
             let o = owner(0o777, r.uid, r.gid);
-            let attr = fs.symlink(&vol, Ino(r.parent), &r.name, &r.target, o).await?;
+            let attr = fs
+                .symlink(&vol, Ino(r.parent), &r.name, &r.target, o)
+                .await?;
             Ok(attr_reply(attr))
         })
         .await
@@ -249,7 +287,10 @@ impl Fs for FsService {
         .await
     }
 
-    async fn stat_fs(&self, req: Request<pb::StatFsRequest>) -> Result<Response<pb::StatFsReply>, Status> {
+    async fn stat_fs(
+        &self,
+        req: Request<pb::StatFsRequest>,
+    ) -> Result<Response<pb::StatFsReply>, Status> {
         self.call("StatFs", req, |fs, vol, _| async move {
             let u = fs.statfs(&vol).await?;
             Ok(pb::StatFsReply {
@@ -268,7 +309,9 @@ impl Fs for FsService {
     ) -> Result<Response<pb::ReadExtentsReply>, Status> {
         self.call("ReadExtents", req, |fs, vol, r| async move {
             let revision = head_revision(&fs).await?;
-            let (extents, size) = fs.read_extents(&vol, Ino(r.ino), r.offset, r.length).await?;
+            let (extents, size) = fs
+                .read_extents(&vol, Ino(r.ino), r.offset, r.length)
+                .await?;
             Ok(pb::ReadExtentsReply {
                 extents,
                 size,
@@ -291,7 +334,10 @@ impl Fs for FsService {
         .await
     }
 
-    async fn resolve(&self, req: Request<pb::ResolveRequest>) -> Result<Response<pb::ResolveReply>, Status> {
+    async fn resolve(
+        &self,
+        req: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveReply>, Status> {
         self.call("Resolve", req, |fs, vol, r| async move {
             let revision = head_revision(&fs).await?;
             let result = match fs.resolve(&vol, &r.path).await? {

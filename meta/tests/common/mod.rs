@@ -48,11 +48,19 @@ impl Server {
             .await
             .expect("meta service failed");
         });
-        Server { url, engine, fs, stop: Some(tx), task: Some(task) }
+        Server {
+            url,
+            engine,
+            fs,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub async fn channel(&self) -> tonic::transport::Channel {
-        client::connect(&self.url, Duration::from_secs(5)).await.expect("connect")
+        client::connect(&self.url, Duration::from_secs(5))
+            .await
+            .expect("connect")
     }
 
     pub async fn stop(mut self) {
