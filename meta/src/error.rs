@@ -129,10 +129,10 @@ impl From<MetaError> for Status {
         if let Ok(v) = e.kind().as_str().parse() {
             status.metadata_mut().insert(mirrorfs_api::ERROR_KIND, v);
         }
-        if let MetaError::Engine(EngineError::Compacted { compacted, .. }) = &e {
-            if let Ok(v) = compacted.0.to_string().parse() {
-                status.metadata_mut().insert(COMPACTED_REVISION, v);
-            }
+        if let MetaError::Engine(EngineError::Compacted { compacted, .. }) = &e
+            && let Ok(v) = compacted.0.to_string().parse()
+        {
+            status.metadata_mut().insert(COMPACTED_REVISION, v);
         }
         status
     }
