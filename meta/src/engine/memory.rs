@@ -124,7 +124,15 @@ impl Engine for MemoryEngine {
         st.head.revision = revision;
         st.head.time = time;
         drop(st);
-        self.head_tx.send_replace(revision);
+        // Concurrent commits may get here out of order: never move the signal back, or a
+        // watcher would wait for a revision that has already been committed.
+        self.head_tx.send_if_modified(|latest| {
+            let newer = revision > *latest;
+            if newer {
+                *latest = revision;
+            }
+            newer
+        });
         Ok(TxnOutcome::Committed(Commit { revision, time }))
     }
 
