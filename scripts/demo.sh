@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo build --quiet --release --locked -p mirrorfs
-exec ./target/release/mirrorfs demo "$@"
+MIRRORFS_LOG=${MIRRORFS_LOG:-warn} exec ./target/release/mirrorfs demo "$@"

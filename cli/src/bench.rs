@@ -215,14 +215,16 @@ async fn run_direct(
             let (fs, vol, dir) = ctx(c);
             async move {
                 let mut h = Histogram::new(3)?;
-                let mut after = Vec::new();
-                loop {
-                    let t = Instant::now();
-                    let page = fs.readdir(&vol, dir, &after, 1000).await?;
-                    record(&mut h, t);
-                    match page.entries.last() {
-                        Some(e) if page.more => after = e.name.clone(),
-                        _ => break,
+                for _ in 0..LISTINGS {
+                    let mut after = Vec::new();
+                    loop {
+                        let t = Instant::now();
+                        let page = fs.readdir(&vol, dir, &after, 1000).await?;
+                        record(&mut h, t);
+                        match page.entries.last() {
+                            Some(e) if page.more => after = e.name.clone(),
+                            _ => break,
+                        }
                     }
                 }
                 Ok(h)
@@ -234,6 +236,9 @@ async fn run_direct(
 }
 
 type Client = FsClient<client::Authed>;
+
+/// Full listings of its directory each client makes in the readdir rows.
+const LISTINGS: usize = 10;
 
 async fn run_grpc(
     channels: &[Client],
@@ -332,22 +337,24 @@ async fn run_grpc(
             let (mut ch, volume, dir) = ctx(c);
             async move {
                 let mut h = Histogram::new(3)?;
-                let mut after = Vec::new();
-                loop {
-                    let t = Instant::now();
-                    let page = ch
-                        .read_dir(pb::ReadDirRequest {
-                            volume: volume.clone(),
-                            ino: dir,
-                            after: after.clone(),
-                            limit: 1000,
-                        })
-                        .await?
-                        .into_inner();
-                    record(&mut h, t);
-                    match page.entries.last() {
-                        Some(e) if page.more => after = e.name.clone(),
-                        _ => break,
+                for _ in 0..LISTINGS {
+                    let mut after = Vec::new();
+                    loop {
+                        let t = Instant::now();
+                        let page = ch
+                            .read_dir(pb::ReadDirRequest {
+                                volume: volume.clone(),
+                                ino: dir,
+                                after: after.clone(),
+                                limit: 1000,
+                            })
+                            .await?
+                            .into_inner();
+                        record(&mut h, t);
+                        match page.entries.last() {
+                            Some(e) if page.more => after = e.name.clone(),
+                            _ => break,
+                        }
                     }
                 }
                 Ok(h)

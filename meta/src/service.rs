@@ -14,7 +14,7 @@ use mirrorfs_api::meta::{
     admin_server::AdminServer, changelog_server::ChangelogServer, fs_server::FsServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use auth::{AdminToken, bearer};
 
@@ -79,12 +79,14 @@ pub async fn run(
         state,
         stop: stop_rx,
     }))
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Replies of several segments (readdir pages, snapshot chunks) would otherwise wait for a
+    // delayed ACK (~40 ms) under Nagle's algorithm.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(fs)
         .add_service(admin)
         .add_service(changelog)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -229,6 +229,25 @@ where
         })?
 }
 
+/// Ranges up to this many keys are read inline on the caller's task; longer ones on the
+/// blocking pool so a large scan never stalls the async runtime.
+const INLINE_RANGE_LIMIT: usize = 64;
+
+/// Up to `limit` pairs of `[start, end)` in key order, from one read transaction.
+fn scan(s: &Shared, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>> {
+    let rtx = s.db.begin_read().map_err(|e| s.err(e))?;
+    let kv = rtx.open_table(KV).map_err(|e| s.err(e))?;
+    let mut out = Vec::new();
+    for item in kv.range::<&[u8]>(start..end).map_err(|e| s.err(e))? {
+        let (k, v) = item.map_err(|e| s.err(e))?;
+        out.push(decode_kv(s, k.value(), v.value())?);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 impl Drop for EmbeddedEngine {
     fn drop(&mut self) {
         // Closing the queue stops the writer after the batch in flight; joining it means the
@@ -247,41 +266,27 @@ impl Engine for EmbeddedEngine {
     }
 
     async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        let key = key.to_vec();
-        self.blocking(move |s| {
-            let rtx = s.db.begin_read().map_err(|e| s.err(e))?;
-            let kv = rtx.open_table(KV).map_err(|e| s.err(e))?;
-            let found = kv.get(key.as_slice()).map_err(|e| s.err(e))?;
-            match found {
-                None => Ok(None),
-                Some(raw) => decode_kv(s, &key, raw.value()).map(Some),
-            }
-        })
-        .await
+        // A point read is a few microseconds against redb's cache: run it inline rather than
+        // paying a hand-off to the blocking pool, which costs more than the read itself.
+        let s = &*self.shared;
+        let rtx = s.db.begin_read().map_err(|e| s.err(e))?;
+        let kv = rtx.open_table(KV).map_err(|e| s.err(e))?;
+        let found = kv.get(key).map_err(|e| s.err(e))?;
+        match found {
+            None => Ok(None),
+            Some(raw) => decode_kv(s, key, raw.value()).map(Some),
+        }
     }
 
     async fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>> {
         if start >= end || limit == 0 {
             return Ok(Vec::new());
         }
+        if limit <= INLINE_RANGE_LIMIT {
+            return scan(&self.shared, start, end, limit);
+        }
         let (start, end) = (start.to_vec(), end.to_vec());
-        self.blocking(move |s| {
-            let rtx = s.db.begin_read().map_err(|e| s.err(e))?;
-            let kv = rtx.open_table(KV).map_err(|e| s.err(e))?;
-            let mut out = Vec::new();
-            for item in kv
-                .range::<&[u8]>(start.as_slice()..end.as_slice())
-                .map_err(|e| s.err(e))?
-            {
-                let (k, v) = item.map_err(|e| s.err(e))?;
-                out.push(decode_kv(s, k.value(), v.value())?);
-                if out.len() >= limit {
-                    break;
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.blocking(move |s| scan(s, &start, &end, limit)).await
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome> {
