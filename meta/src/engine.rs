@@ -229,6 +229,10 @@ pub trait Engine: Send + Sync + 'static {
 }
 
 /// The end of the range of every key that starts with `prefix` (for [`Engine::range`]).
+///
+/// Every prefix this crate uses begins with an ASCII tag (`m/`, `l/`), so a byte below 0xff
+/// always exists to increment. A prefix made only of 0xff bytes has no finite bound in this
+/// scheme; it gets `prefix + 0xff`, which covers the keys one byte longer than the prefix only.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
@@ -237,8 +241,9 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
             return end;
         }
     }
-    // The prefix is empty or all 0xff: the range runs to the end of the keyspace.
-    vec![0xff; prefix.len() + 1]
+    let mut end = prefix.to_vec();
+    end.push(0xff);
+    end
 }
 
 #[cfg(test)]
@@ -249,6 +254,9 @@ mod tests {
     fn prefix_end_bounds_the_prefix() {
         assert_eq!(prefix_end(b"ab"), b"ac".to_vec());
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert!(prefix_end(b"\xff") > b"\xff\xff\xff".to_vec()[..1].to_vec());
+        for key in [&b"m/"[..], b"m/\x00", b"m/\xff\xff\xff", b"m/zzz"] {
+            assert!(key >= &b"m/"[..] && key < prefix_end(b"m/").as_slice(), "{key:?}");
+        }
+        assert!(b"m0".as_slice() >= prefix_end(b"m/").as_slice());
     }
 }
