@@ -138,6 +138,9 @@ pub const READDIR_MAX: usize = 10_000;
 const MAX_DEPTH: usize = 1 << 16;
 /// Extents read per engine call.
 const EXTENT_PAGE: usize = 256;
+/// Stored extents a write may overlap before it stops reading them one by one (see
+/// `commit_extents_once`).
+const SMALL_OVERWRITE: usize = 64;
 
 /// File-system metadata of one cluster. Cheap to clone.
 #[derive(Clone)]
@@ -1250,32 +1253,54 @@ impl FsMeta {
         })
     }
 
-    /// The stored extents overlapping `[lo, hi)`, in offset order, with their records.
+    /// The stored extents overlapping `[lo, hi)`, in offset order, at most `max` of them, and
+    /// whether that is all of them.
     async fn scan_extents(
         &self,
         vol: VolumeId,
         ino: Ino,
         lo: u64,
         hi: u64,
-    ) -> Result<Vec<(KeyValue, Extent)>> {
+        max: usize,
+    ) -> Result<(Vec<Extent>, bool)> {
         let end = prefix_end(&keys::extents(vol, ino));
         let mut start = keys::extent(vol, ino, lo.saturating_add(1));
         let mut out = Vec::new();
         loop {
-            let page = self.engine.range(&start, &end, EXTENT_PAGE).await?;
-            let full = page.len() == EXTENT_PAGE;
+            let want = EXTENT_PAGE.min(max.saturating_sub(out.len()).saturating_add(1));
+            let page = self.engine.range(&start, &end, want).await?;
+            let full = page.len() == want;
             for kv in page {
                 let e = decode_extent(&kv)?;
                 if e.offset >= hi {
-                    return Ok(out);
+                    return Ok((out, true));
+                }
+                if out.len() == max {
+                    return Ok((out, false));
                 }
                 start = kv.key.clone();
                 start.push(0);
-                out.push((kv, e));
+                out.push(e);
             }
             if !full {
-                return Ok(out);
+                return Ok((out, true));
             }
+        }
+    }
+
+    /// The stored extent that contains offset `x` and starts before it, if any.
+    async fn extent_straddling(&self, vol: VolumeId, ino: Ino, x: u64) -> Result<Option<Extent>> {
+        let end = prefix_end(&keys::extents(vol, ino));
+        let first = self
+            .engine
+            .range(&keys::extent(vol, ino, x.saturating_add(1)), &end, 1)
+            .await?;
+        match first.first() {
+            Some(kv) => {
+                let e = decode_extent(kv)?;
+                Ok((e.offset < x).then_some(e))
+            }
+            None => Ok(None),
         }
     }
 
@@ -1297,14 +1322,16 @@ impl FsMeta {
             let list = if length == 0 {
                 Vec::new()
             } else {
-                self.scan_extents(vol.id, ino, offset, offset.saturating_add(length))
+                let hi = offset.saturating_add(length);
+                self.scan_extents(vol.id, ino, offset, hi, usize::MAX)
                     .await?
+                    .0
             };
             // Every change of a file's extents also writes its inode: an unchanged inode
             // means the extents were read at the same state as the size.
             let after = self.engine.get(&key).await?.map(|kv| kv.mod_revision);
             if after == Some(before.mod_revision) {
-                return Ok((list.into_iter().map(|(_, e)| e).collect(), i.size));
+                return Ok((list, i.size));
             }
             backoff.conflict().await?;
         }
@@ -1361,24 +1388,47 @@ impl FsMeta {
             inodes: 0,
         };
         let _reserved = self.reserve(tx.vol, st, growth).await?;
-        if let (Some(lo), Some(hi)) = (
-            new.iter().map(|e| e.offset).min(),
-            new.iter().map(extents::end).max(),
-        ) {
+        // The new extents, resolved among themselves (a later one wins).
+        let pieces = extents::overlay(Vec::new(), new);
+        if let (Some(first), Some(last)) = (pieces.first(), pieces.last()) {
             let vol = tx.vol.id;
-            let old = self.scan_extents(vol, ino, lo, hi).await?;
+            let (lo, hi) = (first.offset, extents::end(last));
+            // Usually few stored extents overlap the write: take them all. Otherwise take only
+            // those that straddle a boundary of a new extent (they are trimmed) and drop
+            // everything between the boundaries with one range delete per new extent.
+            let (mut touched, complete) =
+                self.scan_extents(vol, ino, lo, hi, SMALL_OVERWRITE).await?;
+            if !complete {
+                touched.clear();
+                let mut seen = std::collections::HashSet::new();
+                for p in &pieces {
+                    for x in [p.offset, extents::end(p)] {
+                        if let Some(e) = self.extent_straddling(vol, ino, x).await?
+                            && seen.insert(e.offset)
+                        {
+                            touched.push(e);
+                        }
+                    }
+                    tx.push(Mutation::DeleteRange {
+                        start: keys::extent(vol, ino, p.offset + 1),
+                        end: keys::extent(vol, ino, extents::end(p) + 1),
+                    });
+                }
+                touched.sort_by_key(|e| e.offset);
+            }
+            // Every change of a file's extents also writes its inode, so the compare on the
+            // inode covers the extents read here.
             let mut writes: std::collections::BTreeMap<Vec<u8>, Option<Extent>> =
                 Default::default();
             let mut before = HashMap::new();
-            for (kv, e) in &old {
-                tx.depend_on(kv);
-                writes.insert(kv.key.clone(), None);
-                before.insert(kv.key.clone(), e.clone());
+            for e in &touched {
+                let key = keys::extent(vol, ino, extents::end(e));
+                writes.insert(key.clone(), None);
+                before.insert(key, e.clone());
             }
-            let merged = extents::overlay(old.into_iter().map(|(_, e)| e).collect(), new);
-            for e in merged {
+            for e in extents::overlay(touched, &pieces) {
                 let key = keys::extent(vol, ino, extents::end(&e));
-                if before.get(&key) == Some(&e) {
+                if complete && before.get(&key) == Some(&e) {
                     writes.remove(&key);
                 } else {
                     writes.insert(key, Some(e));

@@ -13,8 +13,9 @@ use crate::error::{MetaError, Result};
 
 /// Largest file offset (POSIX `off_t` is signed).
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
-/// Most extents one commit may carry.
-pub const MAX_EXTENTS_PER_COMMIT: usize = 4096;
+/// Most extents one commit may carry. It bounds the size of the one transaction a commit
+/// becomes (a few keys per extent, well under what an engine accepts in one transaction).
+pub const MAX_EXTENTS_PER_COMMIT: usize = 1024;
 
 /// End (exclusive) of an extent that passed [`validate`].
 pub fn end(e: &Extent) -> u64 {

@@ -248,3 +248,58 @@ async fn conflicts_are_retried_then_reported_as_contention() {
     // Usage counted each operation once.
     assert_eq!(fs.statfs(&vol).await.unwrap().used_inodes, 2);
 }
+
+/// Commits random writes over files with many small extents (so that both ways of finding
+/// the overlapped extents run) and checks the stored extents against `extents::overlay`.
+#[tokio::test]
+async fn large_overwrites_match_the_extent_arithmetic() {
+    use mirrorfs_api::meta::Extent;
+    use rand::{Rng, SeedableRng};
+
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let (fs, vol, _) = setup(engine).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut block = 0u64;
+    let mut ext = |offset: u64, length: u64| {
+        block += 1;
+        Extent {
+            offset,
+            length,
+            block_id: format!("b/{block}"),
+            block_offset: 3,
+            block_size: length + 10,
+            checksum: vec![1; 32],
+        }
+    };
+    for round in 0..20 {
+        let name = format!("f{round}");
+        let f = fs
+            .create(&vol, Ino::ROOT, name.as_bytes(), FILE, true)
+            .await
+            .unwrap();
+        let ino = Ino(f.ino);
+        // 100..300 adjacent small extents.
+        let n = rng.random_range(100..300u64);
+        let small: Vec<Extent> = (0..n).map(|k| ext(k * 10, 10)).collect();
+        let mut want = extents::overlay(Vec::new(), &small);
+        fs.commit_extents(&vol, ino, small, n * 10, None)
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            let writes: Vec<Extent> = (0..rng.random_range(1..6))
+                .map(|_| {
+                    let off = rng.random_range(0..n * 10 + 50);
+                    let len = rng.random_range(1..n * 10);
+                    ext(off, len)
+                })
+                .collect();
+            let new_size = writes.iter().map(extents::end).max().unwrap();
+            want = extents::overlay(want, &writes);
+            fs.commit_extents(&vol, ino, writes, new_size, None)
+                .await
+                .unwrap();
+            let (got, _) = fs.read_extents(&vol, ino, 0, u64::MAX).await.unwrap();
+            assert_eq!(got, want, "round {round}");
+        }
+    }
+}

@@ -102,34 +102,76 @@ pub async fn totals(engine: &dyn Engine, vol: VolumeId) -> Result<Totals> {
     sum(&read_all(engine, vol).await?)
 }
 
-/// Folds every pending delta of `vol` into its total. Returns the totals written.
+/// Most deltas one fold transaction deletes.
+pub const FOLD_CHUNK: usize = 4096;
+
+fn non_negative(bytes: i128, inodes: i128) -> bool {
+    bytes >= 0 && inodes >= 0
+}
+
+/// Folds every pending delta of `vol` into its total, [`FOLD_CHUNK`] at a time. Returns the
+/// totals it last saw.
+///
+/// The total is unsigned, and the deltas of one chunk (in key order, not commit order) may sum
+/// below what the total can absorb (a file's removal folded before its creation); such a chunk
+/// is replaced by non-negative deltas only, which folds the creations first.
 pub async fn fold(engine: &dyn Engine, vol: VolumeId, volume: &str) -> Result<Totals> {
     let mut backoff = Backoff::new(volume);
+    let base_key = keys::usage_base(vol);
     loop {
         let kvs = read_all(engine, vol).await?;
         let t = sum(&kvs)?;
         if t.pending == 0 {
             return Ok(t);
         }
-        let base = keys::usage_base(vol);
-        let mut txn = Txn::new().when(match kvs.iter().find(|kv| kv.key == base) {
+        let base_kv = kvs.iter().find(|kv| kv.key == base_key);
+        let base = match base_kv {
+            Some(kv) => keys::decode::<UsageRecord>(kv)?,
+            None => UsageRecord::default(),
+        };
+        let mut deltas = Vec::with_capacity(t.pending);
+        for kv in kvs.iter().filter(|kv| kv.key != base_key) {
+            deltas.push((kv, keys::decode::<UsageDelta>(kv)?));
+        }
+        let total = |chosen: &[&(&KeyValue, UsageDelta)]| {
+            chosen.iter().fold(
+                (i128::from(base.bytes), i128::from(base.inodes)),
+                |(b, i), (_, d)| (b + i128::from(d.bytes), i + i128::from(d.inodes)),
+            )
+        };
+        let mut chosen: Vec<_> = deltas.iter().take(FOLD_CHUNK).collect();
+        let mut sums = total(&chosen);
+        if !non_negative(sums.0, sums.1) {
+            chosen = deltas
+                .iter()
+                .filter(|(_, d)| d.bytes >= 0 && d.inodes >= 0)
+                .take(FOLD_CHUNK)
+                .collect();
+            sums = total(&chosen);
+        }
+        if chosen.is_empty() || !non_negative(sums.0, sums.1) {
+            // Nothing can be folded safely right now (reads raced with writers): leave it.
+            return Ok(t);
+        }
+        let mut txn = Txn::new().when(match base_kv {
             Some(kv) => Compare::unchanged(kv),
-            None => Compare::absent(base.clone()),
+            None => Compare::absent(base_key.clone()),
         });
-        for kv in kvs.iter().filter(|kv| kv.key != base) {
+        for (kv, _) in &chosen {
             txn.mutations.push(Mutation::Delete {
                 key: kv.key.clone(),
             });
         }
         let record = UsageRecord {
-            bytes: t.bytes(),
-            inodes: t.inodes(),
+            bytes: u64::try_from(sums.0).unwrap_or(u64::MAX),
+            inodes: u64::try_from(sums.1).unwrap_or(u64::MAX),
         };
-        txn = txn.put(base, keys::encode(&record));
+        txn = txn.put(base_key.clone(), keys::encode(&record));
         match engine.txn(txn).await? {
-            TxnOutcome::Committed(_) => {
+            TxnOutcome::Committed(_) if chosen.len() == t.pending => {
                 return Ok(Totals { pending: 0, ..t });
             }
+            TxnOutcome::Committed(_) => {}
             TxnOutcome::Conflict => backoff.conflict().await?,
         }
     }
@@ -329,10 +371,34 @@ mod tests {
             (after.bytes, after.inodes, after.pending),
             (30_000, 4990, 0)
         );
+        assert_eq!(after.pending, 0);
         // Another volume's keys are untouched.
         put_delta(&e, VolumeId(8), 0, 1, 1).await;
         fold(&e, vol, "v").await?;
         assert_eq!(totals(&e, VolumeId(8)).await?.pending, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn removals_sorted_before_their_creations_still_fold() -> Result<()> {
+        let e = MemoryEngine::new();
+        let vol = VolumeId(3);
+        // Instance [0; 8] sorts first and removed what instance [1; 8] created.
+        for seq in 0..(FOLD_CHUNK as u64 + 10) {
+            let key = keys::usage_delta(vol, &[0; 8], seq);
+            let d = UsageDelta {
+                bytes: -5,
+                inodes: -1,
+            };
+            e.txn(Txn::new().put(key, keys::encode(&d))).await?;
+        }
+        for seq in 0..(FOLD_CHUNK as u64 + 20) {
+            put_delta(&e, vol, seq, 5, 1).await;
+        }
+        let folded = fold(&e, vol, "v").await?;
+        assert_eq!((folded.bytes, folded.inodes, folded.pending), (50, 10, 0));
+        let after = totals(&e, vol).await?;
+        assert_eq!((after.bytes, after.inodes, after.pending), (50, 10, 0));
         Ok(())
     }
 
