@@ -9,7 +9,11 @@
 //!
 //! Every operation that changes more than one record is ONE engine transaction whose compares
 //! cover every record it read; on a conflict it runs again (bounded, with randomised backoff)
-//! and then fails with [`MetaError::Contention`].
+//! and then fails with [`MetaError::Contention`]. Range reads are covered by an inode compare:
+//! every change of a directory's entries writes the directory's inode, and every change of a
+//! file's extents writes the file's inode. An operation that fails with a file-system error
+//! first checks that what it read still holds (else it runs again), so errors too describe one
+//! consistent state.
 //!
 //! Semantics worth knowing (the rest is POSIX):
 //! - Directory `nlink` is 2 + the number of subdirectories; file `nlink` counts hard links.
@@ -20,6 +24,8 @@
 //!   goes; nothing is kept for open handles (the client layer owns that).
 //! - `commit_extents` sets the size to `max(old size, new_size)`: it never shrinks a file (a
 //!   stale writer cannot undo a concurrent extension); shrinking is `setattr(size)`.
+//! - `commit_extents` takes at most 1024 extents; later extents of one commit win over earlier
+//!   ones where they overlap.
 //! - `read_extents` returns whole stored extents (not clipped to the asked range).
 //! - `used_bytes` is the sum of the logical sizes of regular files; `used_inodes` counts every
 //!   inode, the root included. Usage is exact at every revision; capacity limits are enforced
