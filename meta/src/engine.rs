@@ -255,7 +255,10 @@ mod tests {
         assert_eq!(prefix_end(b"ab"), b"ac".to_vec());
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
         for key in [&b"m/"[..], b"m/\x00", b"m/\xff\xff\xff", b"m/zzz"] {
-            assert!(key >= &b"m/"[..] && key < prefix_end(b"m/").as_slice(), "{key:?}");
+            assert!(
+                key >= &b"m/"[..] && key < prefix_end(b"m/").as_slice(),
+                "{key:?}"
+            );
         }
         assert!(b"m0".as_slice() >= prefix_end(b"m/").as_slice());
     }

@@ -1,6 +1,8 @@
 //! The meta service through a real gRPC socket: authentication, file-system calls with their
 //! error kinds, path resolution, the changelog stream and snapshots.
 
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
 mod common;
 
 use common::{ADMIN, Server};
