@@ -39,6 +39,7 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
             capacity_bytes,
             capacity_inodes,
             token_file,
+            source_volume,
         } => {
             if let Some(path) = &token_file {
                 anyhow::ensure!(
@@ -57,6 +58,7 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
                     }),
                     capacity_bytes,
                     capacity_inodes,
+                    source_volume: source_volume.unwrap_or_default(),
                 })
                 .await
                 .map_err(explain)?

@@ -111,6 +111,9 @@ pub enum VolumeCommand {
         /// Write the token to this file (mode 0600) instead of printing it.
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// On a mirror cluster: the source volume this mirror volume exposes (required there).
+        #[arg(long)]
+        source_volume: Option<String>,
     },
     /// List volumes with their usage.
     List {

@@ -32,7 +32,8 @@ impl LocalMeta {
             admin: AdminToken::new(&admin_token),
             metrics: Arc::new(MetaMetrics::register(&mut Registry::default())),
             started: Instant::now(),
-            role: "source",
+            replication: None,
+            mirror: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);

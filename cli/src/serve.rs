@@ -32,7 +32,8 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         admin,
         metrics: metrics.clone(),
         started: Instant::now(),
-        role: "source",
+        replication: None,
+        mirror: None,
     });
 
     let grpc = TcpListener::bind(a.listen)

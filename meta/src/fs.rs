@@ -33,6 +33,7 @@
 //! - Error precedence: names are checked first, then the directories named, then the entries.
 
 pub mod keys;
+pub mod mirror;
 pub mod names;
 
 mod alloc;
@@ -134,6 +135,8 @@ pub struct NewVolume {
     pub storage: StorageConfig,
     pub capacity_bytes: u64,
     pub capacity_inodes: u64,
+    /// Mirror clusters only: the source volume the new mirror volume exposes.
+    pub source_volume: String,
 }
 
 /// Entries of a `readdir` page when the caller asks for 0.
@@ -156,6 +159,8 @@ pub struct FsMeta {
 }
 
 struct Inner {
+    /// A mirror cluster: the mirrored keyspace is the follower's alone.
+    mirror: bool,
     locks: locks::Stripes,
     /// Makes this process's usage-delta keys unique among every process of the cluster.
     instance: [u8; 8],
@@ -259,6 +264,7 @@ fn volume_info(rec: &records::Volume, t: &Totals) -> VolumeInfo {
         capacity_inodes: rec.capacity_inodes,
         used_bytes: t.bytes(),
         used_inodes: t.inodes(),
+        source_volume: String::new(),
     }
 }
 
@@ -319,11 +325,26 @@ async fn touch_dir(tx: &mut Tx<'_>, dir: Ino, at: Timestamp, nlink: i64) -> Resu
 impl FsMeta {
     /// Opens the metadata in `engine`, initialising the cluster record on first use.
     pub async fn open(engine: Arc<dyn Engine>) -> Result<Self> {
+        Self::open_with(engine, false).await
+    }
+
+    /// Opens the metadata of a mirror cluster: read-only to clients, with its own volumes.
+    pub async fn open_mirror(engine: Arc<dyn Engine>) -> Result<Self> {
+        Self::open_with(engine, true).await
+    }
+
+    /// Whether this is a mirror cluster's metadata.
+    pub fn is_mirror(&self) -> bool {
+        self.inner.mirror
+    }
+
+    async fn open_with(engine: Arc<dyn Engine>, mirror: bool) -> Result<Self> {
         let mut instance = [0u8; 8];
         rand::rng().fill_bytes(&mut instance);
         let fs = Self {
             engine,
             inner: Arc::new(Inner {
+                mirror,
                 locks: locks::Stripes::default(),
                 instance,
                 seq: AtomicU64::new(0),
@@ -451,6 +472,16 @@ impl FsMeta {
 
     /// Creates a volume and returns it with its access token (shown once; only a hash is kept).
     pub async fn create_volume(&self, new: NewVolume) -> Result<(VolumeInfo, String)> {
+        if self.is_mirror() {
+            let source = new.source_volume.clone();
+            return self.create_mirror_volume(new, &source).await;
+        }
+        if !new.source_volume.is_empty() {
+            return Err(MetaError::InvalidArgument(format!(
+                "volume {:?}: a source volume can only be named on a mirror cluster",
+                new.name
+            )));
+        }
         names::check_volume_name(&new.name)?;
         let token = random_hex(32);
         let token_hash = blake3::hash(token.as_bytes());
@@ -530,6 +561,9 @@ impl FsMeta {
     }
 
     pub async fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
+        if self.is_mirror() {
+            return self.list_mirror_volumes().await;
+        }
         let end = prefix_end(keys::VOLUME);
         let mut start = keys::VOLUME.to_vec();
         let mut out = Vec::new();
@@ -552,6 +586,9 @@ impl FsMeta {
 
     /// Deletes a volume's metadata (not its data blocks).
     pub async fn delete_volume(&self, name: &str) -> Result<Revision> {
+        if self.is_mirror() {
+            return self.delete_mirror_volume(name).await;
+        }
         let name_key = keys::volume_name(name);
         let mut backoff = Backoff::new(name);
         loop {
@@ -590,6 +627,9 @@ impl FsMeta {
 
     /// Checks `token` against the volume named `name`.
     pub async fn authenticate(&self, name: &str, token: &str) -> Result<Volume> {
+        if self.is_mirror() {
+            return self.authenticate_mirror(name, token).await;
+        }
         let no_volume = || MetaError::NoVolume {
             volume: name.to_owned(),
         };
@@ -672,6 +712,7 @@ impl FsMeta {
     }
 
     pub async fn setattr(&self, vol: &Volume, ino: Ino, set: SetAttr) -> Result<Attr> {
+        self.writable(vol)?;
         if let Some(size) = set.size
             && size > extents::MAX_FILE_SIZE
         {
@@ -830,6 +871,7 @@ impl FsMeta {
         name: &[u8],
         owner: Owner,
     ) -> Result<Attr> {
+        self.writable(vol)?;
         self.make(vol, parent, name, owner, Make::Dir).await
     }
 
@@ -842,6 +884,7 @@ impl FsMeta {
         owner: Owner,
         exclusive: bool,
     ) -> Result<Attr> {
+        self.writable(vol)?;
         self.make(vol, parent, name, owner, Make::File { exclusive })
             .await
     }
@@ -938,6 +981,7 @@ impl FsMeta {
     }
 
     pub async fn unlink(&self, vol: &Volume, parent: Ino, name: &[u8]) -> Result<Removed> {
+        self.writable(vol)?;
         names::check_name(name)?;
         let st = self.vol_state(vol.id);
         let _held = self.inner.locks.lock(vol.id, &[parent]).await;
@@ -946,6 +990,7 @@ impl FsMeta {
     }
 
     pub async fn rmdir(&self, vol: &Volume, parent: Ino, name: &[u8]) -> Result<Removed> {
+        self.writable(vol)?;
         names::check_name(name)?;
         let st = self.vol_state(vol.id);
         let _held = self.inner.locks.lock(vol.id, &[parent]).await;
@@ -1012,6 +1057,7 @@ impl FsMeta {
         no_replace: bool,
         exchange: bool,
     ) -> Result<Option<Removed>> {
+        self.writable(vol)?;
         names::check_name(name)?;
         names::check_name(new_name)?;
         if no_replace && exchange {
@@ -1180,6 +1226,7 @@ impl FsMeta {
         new_parent: Ino,
         new_name: &[u8],
     ) -> Result<Attr> {
+        self.writable(vol)?;
         names::check_name(new_name)?;
         let st = self.vol_state(vol.id);
         let _held = self.inner.locks.lock(vol.id, &[new_parent]).await;
@@ -1226,6 +1273,7 @@ impl FsMeta {
         target: &[u8],
         owner: Owner,
     ) -> Result<Attr> {
+        self.writable(vol)?;
         self.make(vol, parent, name, owner, Make::Symlink(target))
             .await
     }
@@ -1245,7 +1293,7 @@ impl FsMeta {
     pub async fn statfs(&self, vol: &Volume) -> Result<Usage> {
         let (_, rec) = self.volume_record(vol).await?;
         let t = usage::totals(self.engine.as_ref(), vol.id).await?;
-        if t.pending as u64 > usage::FOLD_EVERY {
+        if t.pending as u64 > usage::FOLD_EVERY && !self.is_mirror() {
             let st = self.vol_state(vol.id);
             if st.usage.start_fold() {
                 self.spawn_fold(vol.clone(), st);
@@ -1352,6 +1400,7 @@ impl FsMeta {
         new_size: u64,
         mtime: Option<Timestamp>,
     ) -> Result<Attr> {
+        self.writable(vol)?;
         if extents.len() > extents::MAX_EXTENTS_PER_COMMIT {
             return Err(MetaError::InvalidArgument(format!(
                 "{} extents in one commit; the limit is {}",

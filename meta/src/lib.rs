@@ -2,8 +2,10 @@
 //! gRPC meta service that clients and mirrors talk to.
 
 pub mod client;
+pub mod digest;
 pub mod engine;
 pub mod error;
+pub mod follower;
 pub mod fs;
 pub mod http;
 pub mod keyspace;

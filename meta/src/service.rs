@@ -19,6 +19,7 @@ use tonic::transport::server::TcpIncoming;
 pub use auth::{AdminToken, bearer};
 
 use crate::error::MetaError;
+use crate::follower::FollowerHandle;
 use crate::fs::FsMeta;
 use crate::metrics::MetaMetrics;
 
@@ -29,12 +30,44 @@ pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 pub struct MetaState {
     pub fs: FsMeta,
     pub admin: AdminToken,
+    /// A token that opens only the `Changelog` service, for mirrors (the admin token does too).
+    pub replication: Option<AdminToken>,
     pub metrics: Arc<MetaMetrics>,
     pub started: Instant,
-    pub role: &'static str,
+    /// Set on a mirror cluster: the follower that keeps it equal to its source.
+    pub mirror: Option<FollowerHandle>,
 }
 
 impl MetaState {
+    /// A source cluster's state with default settings.
+    pub fn source(fs: FsMeta, admin: AdminToken, metrics: Arc<MetaMetrics>) -> Self {
+        Self {
+            fs,
+            admin,
+            replication: None,
+            metrics,
+            started: Instant::now(),
+            mirror: None,
+        }
+    }
+
+    /// "source" or "mirror".
+    pub fn role(&self) -> &'static str {
+        if self.mirror.is_some() {
+            "mirror"
+        } else {
+            "source"
+        }
+    }
+
+    /// The revision a read is answered at: a mirror's applied source revision, or the local head.
+    async fn read_revision(&self) -> Result<mirrorfs_api::Revision, MetaError> {
+        match &self.mirror {
+            Some(m) => Ok(*m.applied().borrow()),
+            None => Ok(self.fs.engine().head().await?.revision),
+        }
+    }
+
     /// Times `fut`, counts its outcome under `method`, and maps its error to the wire.
     async fn observe<T>(
         &self,

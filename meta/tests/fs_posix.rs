@@ -142,6 +142,7 @@ async fn volumes_are_created_listed_and_authenticated() {
         },
         capacity_bytes: 1 << 30,
         capacity_inodes: 1000,
+        ..Default::default()
     })
     .await;
     assert_eq!(f.token.len(), 64);

@@ -30,11 +30,6 @@ impl Admin for AdminService {
         let s = &self.0;
         s.observe("CreateVolume", async {
             s.admin.check(req.metadata())?;
-            if s.role == "mirror" {
-                return Err(MetaError::ReadOnly {
-                    volume: req.get_ref().name.clone(),
-                });
-            }
             let r = req.into_inner();
             let (volume, token) =
                 s.fs.create_volume(NewVolume {
@@ -42,6 +37,7 @@ impl Admin for AdminService {
                     storage: r.storage.unwrap_or_default(),
                     capacity_bytes: r.capacity_bytes,
                     capacity_inodes: r.capacity_inodes,
+                    source_volume: r.source_volume,
                 })
                 .await?;
             tracing::info!(volume = %volume.name, id = volume.id, "volume created");
@@ -75,11 +71,6 @@ impl Admin for AdminService {
         s.observe("DeleteVolume", async {
             s.admin.check(req.metadata())?;
             let name = &req.get_ref().name;
-            if s.role == "mirror" {
-                return Err(MetaError::ReadOnly {
-                    volume: name.clone(),
-                });
-            }
             let revision = s.fs.delete_volume(name).await?;
             tracing::info!(volume = %name, %revision, "volume deleted");
             Ok(pb::DeleteVolumeReply {
@@ -106,8 +97,26 @@ impl Admin for AdminService {
                 uptime_seconds: s.started.elapsed().as_secs(),
                 version: env!("CARGO_PKG_VERSION").into(),
                 volumes: s.fs.list_volumes().await?.len() as u64,
-                role: s.role.into(),
+                role: s.role().into(),
+                mirror: s.mirror.as_ref().map(|m| m.status()),
             })
+        })
+        .await
+    }
+
+    async fn check_mirror(
+        &self,
+        req: Request<pb::CheckMirrorRequest>,
+    ) -> Result<Response<pb::CheckMirrorReply>, Status> {
+        let s = &self.0;
+        s.observe("CheckMirror", async {
+            s.admin.check(req.metadata())?;
+            let Some(mirror) = &s.mirror else {
+                return Err(MetaError::InvalidArgument(
+                    "this cluster is a source, not a mirror: run the check against a mirror's meta service".into(),
+                ));
+            };
+            mirror.check().await
         })
         .await
     }

@@ -73,7 +73,7 @@ impl Changelog for ChangelogService {
         let stopped = self.stopped();
         s.clone()
             .observe("Watch", async move {
-                s.admin.check(req.metadata())?;
+                s.check_replication(req.metadata())?;
                 let cluster_id = s.fs.cluster_id().await?;
                 let from = Revision(req.get_ref().from_revision);
                 let entries = s.fs.engine().watch(from).await?;
@@ -89,6 +89,39 @@ impl Changelog for ChangelogService {
             .await
     }
 
+    async fn head(&self, req: Request<pb::HeadRequest>) -> Result<Response<pb::HeadReply>, Status> {
+        let s = &self.state;
+        s.observe("Head", async {
+            s.check_replication(req.metadata())?;
+            let head = s.fs.engine().head().await?;
+            Ok(pb::HeadReply {
+                cluster_id: s.fs.cluster_id().await?,
+                revision: head.revision.0,
+                committed: Some(timestamp(head.time)),
+                compacted_revision: head.compacted.0,
+            })
+        })
+        .await
+    }
+
+    async fn digest(
+        &self,
+        req: Request<pb::DigestRequest>,
+    ) -> Result<Response<pb::DigestReply>, Status> {
+        let s = &self.state;
+        s.observe("Digest", async {
+            s.check_replication(req.metadata())?;
+            let snap = s.fs.engine().snapshot().await?;
+            let revision = snap.revision.0;
+            Ok(pb::DigestReply {
+                cluster_id: s.fs.cluster_id().await?,
+                revision,
+                sections: crate::digest::digest(snap.chunks).await?,
+            })
+        })
+        .await
+    }
+
     async fn snapshot(
         &self,
         req: Request<pb::SnapshotRequest>,
@@ -97,7 +130,7 @@ impl Changelog for ChangelogService {
         let stopped = self.stopped();
         s.clone()
             .observe("Snapshot", async move {
-                s.admin.check(req.metadata())?;
+                s.check_replication(req.metadata())?;
                 let cluster_id = s.fs.cluster_id().await?;
                 let snap = s.fs.engine().snapshot().await?;
                 let (revision, committed) = (snap.revision.0, Some(timestamp(snap.time)));
@@ -150,6 +183,17 @@ impl Changelog for ChangelogService {
                 Ok(Box::pin(body.chain(last).take_until(stopped)) as Self::SnapshotStream)
             })
             .await
+    }
+}
+
+impl MetaState {
+    /// The changelog opens with the admin token or the replication token.
+    fn check_replication(&self, md: &tonic::metadata::MetadataMap) -> Result<(), MetaError> {
+        super::auth::check_any(
+            md,
+            "the changelog (replication)",
+            [Some(&self.admin), self.replication.as_ref()],
+        )
     }
 }
 

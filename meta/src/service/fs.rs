@@ -4,13 +4,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use mirrorfs_api::Ino;
 use mirrorfs_api::meta::{self as pb, fs_server::Fs};
-use mirrorfs_api::{Ino, Revision};
 use tonic::{Request, Response, Status};
 
 use super::{MetaState, auth::bearer};
 use crate::error::MetaError;
-use crate::fs::{FsMeta, Owner, Resolved, SetAttr, Volume};
+use crate::fs::{Owner, Resolved, SetAttr, Volume};
 
 pub struct FsService(pub Arc<MetaState>);
 
@@ -59,7 +59,7 @@ impl FsService {
     ) -> Result<Response<T>, Status>
     where
         R: VolumeRequest,
-        F: FnOnce(FsMeta, Volume, R) -> Fut,
+        F: FnOnce(Arc<MetaState>, Volume, R) -> Fut,
         Fut: Future<Output = Result<T, MetaError>>,
     {
         let state = &self.0;
@@ -74,7 +74,7 @@ impl FsService {
                 }
                 let token = bearer(&md, &format!("volume {name:?}"))?;
                 let vol = state.fs.authenticate(name, token).await?;
-                op(state.fs.clone(), vol, msg).await
+                op(state.clone(), vol, msg).await
             })
             .await
     }
@@ -91,25 +91,20 @@ fn owner(mode: u32, uid: u32, gid: u32) -> Owner {
     Owner { mode, uid, gid }
 }
 
-async fn head_revision(fs: &FsMeta) -> Result<Revision, MetaError> {
-    Ok(fs.engine().head().await?.revision)
-}
-
 #[tonic::async_trait]
 impl Fs for FsService {
     async fn open_volume(
         &self,
         req: Request<pb::OpenVolumeRequest>,
     ) -> Result<Response<pb::OpenVolumeReply>, Status> {
-        let read_only = self.0.role == "mirror";
-        self.call("OpenVolume", req, |fs, vol, _| async move {
-            let info = fs.volume_info(&vol).await?;
+        self.call("OpenVolume", req, |st, vol, _| async move {
+            let info = st.fs.volume_info(&vol).await?;
             Ok(pb::OpenVolumeReply {
                 volume_id: vol.id.0,
                 root_ino: vol.root.0,
                 storage: info.storage,
-                read_only,
-                revision: head_revision(&fs).await?.0,
+                read_only: st.fs.is_mirror(),
+                revision: st.read_revision().await?.0,
             })
         })
         .await
@@ -119,8 +114,10 @@ impl Fs for FsService {
         &self,
         req: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::AttrReply>, Status> {
-        self.call("Lookup", req, |fs, vol, r| async move {
-            Ok(attr_reply(fs.lookup(&vol, Ino(r.parent), &r.name).await?))
+        self.call("Lookup", req, |st, vol, r| async move {
+            Ok(attr_reply(
+                st.fs.lookup(&vol, Ino(r.parent), &r.name).await?,
+            ))
         })
         .await
     }
@@ -129,8 +126,8 @@ impl Fs for FsService {
         &self,
         req: Request<pb::GetAttrRequest>,
     ) -> Result<Response<pb::AttrReply>, Status> {
-        self.call("GetAttr", req, |fs, vol, r| async move {
-            Ok(attr_reply(fs.getattr(&vol, Ino(r.ino)).await?))
+        self.call("GetAttr", req, |st, vol, r| async move {
+            Ok(attr_reply(st.fs.getattr(&vol, Ino(r.ino)).await?))
         })
         .await
     }
@@ -139,7 +136,7 @@ impl Fs for FsService {
         &self,
         req: Request<pb::SetAttrRequest>,
     ) -> Result<Response<pb::AttrReply>, Status> {
-        self.call("SetAttr", req, |fs, vol, r| async move {
+        self.call("SetAttr", req, |st, vol, r| async move {
             let set = SetAttr {
                 mode: r.mode,
                 uid: r.uid,
@@ -148,7 +145,7 @@ impl Fs for FsService {
                 atime: r.atime,
                 mtime: r.mtime,
             };
-            Ok(attr_reply(fs.setattr(&vol, Ino(r.ino), set).await?))
+            Ok(attr_reply(st.fs.setattr(&vol, Ino(r.ino), set).await?))
         })
         .await
     }
@@ -157,9 +154,10 @@ impl Fs for FsService {
         &self,
         req: Request<pb::ReadDirRequest>,
     ) -> Result<Response<pb::ReadDirReply>, Status> {
-        self.call("ReadDir", req, |fs, vol, r| async move {
-            let revision = head_revision(&fs).await?;
-            let page = fs
+        self.call("ReadDir", req, |st, vol, r| async move {
+            let revision = st.read_revision().await?;
+            let page = st
+                .fs
                 .readdir(&vol, Ino(r.ino), &r.after, r.limit as usize)
                 .await?;
             Ok(pb::ReadDirReply {
@@ -175,9 +173,11 @@ impl Fs for FsService {
         &self,
         req: Request<pb::MkdirRequest>,
     ) -> Result<Response<pb::AttrReply>, Status> {
-        self.call("Mkdir", req, |fs, vol, r| async move {
+        self.call("Mkdir", req, |st, vol, r| async move {
             let o = owner(r.mode, r.uid, r.gid);
-            Ok(attr_reply(fs.mkdir(&vol, Ino(r.parent), &r.name, o).await?))
+            Ok(attr_reply(
+                st.fs.mkdir(&vol, Ino(r.parent), &r.name, o).await?,
+            ))
         })
         .await
     }
@@ -186,9 +186,10 @@ impl Fs for FsService {
         &self,
         req: Request<pb::CreateRequest>,
     ) -> Result<Response<pb::AttrReply>, Status> {
-        self.call("Create", req, |fs, vol, r| async move {
+        self.call("Create", req, |st, vol, r| async move {
             let o = owner(r.mode, r.uid, r.gid);
-            let attr = fs
+            let attr = st
+                .fs
                 .create(&vol, Ino(r.parent), &r.name, o, r.exclusive)
                 .await?;
             Ok(attr_reply(attr))
@@ -200,12 +201,12 @@ impl Fs for FsService {
         &self,
         req: Request<pb::UnlinkRequest>,
     ) -> Result<Response<pb::UnlinkReply>, Status> {
-        self.call("Unlink", req, |fs, vol, r| async move {
-            let removed = fs.unlink(&vol, Ino(r.parent), &r.name).await?;
+        self.call("Unlink", req, |st, vol, r| async move {
+            let removed = st.fs.unlink(&vol, Ino(r.parent), &r.name).await?;
             Ok(pb::UnlinkReply {
                 ino: removed.ino.0,
                 remaining_nlink: removed.remaining_nlink,
-                revision: head_revision(&fs).await?.0,
+                revision: st.read_revision().await?.0,
             })
         })
         .await
@@ -215,12 +216,12 @@ impl Fs for FsService {
         &self,
         req: Request<pb::RmdirRequest>,
     ) -> Result<Response<pb::UnlinkReply>, Status> {
-        self.call("Rmdir", req, |fs, vol, r| async move {
-            let removed = fs.rmdir(&vol, Ino(r.parent), &r.name).await?;
+        self.call("Rmdir", req, |st, vol, r| async move {
+            let removed = st.fs.rmdir(&vol, Ino(r.parent), &r.name).await?;
             Ok(pb::UnlinkReply {
                 ino: removed.ino.0,
                 remaining_nlink: removed.remaining_nlink,
-                revision: head_revision(&fs).await?.0,
+                revision: st.read_revision().await?.0,
             })
         })
         .await
@@ -230,8 +231,9 @@ impl Fs for FsService {
         &self,
         req: Request<pb::RenameRequest>,
     ) -> Result<Response<pb::RenameReply>, Status> {
-        self.call("Rename", req, |fs, vol, r| async move {
-            let replaced = fs
+        self.call("Rename", req, |st, vol, r| async move {
+            let replaced = st
+                .fs
                 .rename(
                     &vol,
                     Ino(r.parent),
@@ -245,15 +247,16 @@ impl Fs for FsService {
             Ok(pb::RenameReply {
                 replaced_ino: replaced.map_or(0, |r| r.ino.0),
                 replaced_remaining_nlink: replaced.map_or(0, |r| r.remaining_nlink),
-                revision: head_revision(&fs).await?.0,
+                revision: st.read_revision().await?.0,
             })
         })
         .await
     }
 
     async fn link(&self, req: Request<pb::LinkRequest>) -> Result<Response<pb::AttrReply>, Status> {
-        self.call("Link", req, |fs, vol, r| async move {
-            let attr = fs
+        self.call("Link", req, |st, vol, r| async move {
+            let attr = st
+                .fs
                 .link(&vol, Ino(r.ino), Ino(r.new_parent), &r.new_name)
                 .await?;
             Ok(attr_reply(attr))
@@ -265,9 +268,10 @@ impl Fs for FsService {
         &self,
         req: Request<pb::SymlinkRequest>,
     ) -> Result<Response<pb::AttrReply>, Status> {
-        self.call("Symlink", req, |fs, vol, r| async move {
+        self.call("Symlink", req, |st, vol, r| async move {
             let o = owner(0o777, r.uid, r.gid);
-            let attr = fs
+            let attr = st
+                .fs
                 .symlink(&vol, Ino(r.parent), &r.name, &r.target, o)
                 .await?;
             Ok(attr_reply(attr))
@@ -279,9 +283,9 @@ impl Fs for FsService {
         &self,
         req: Request<pb::ReadLinkRequest>,
     ) -> Result<Response<pb::ReadLinkReply>, Status> {
-        self.call("ReadLink", req, |fs, vol, r| async move {
+        self.call("ReadLink", req, |st, vol, r| async move {
             Ok(pb::ReadLinkReply {
-                target: fs.readlink(&vol, Ino(r.ino)).await?,
+                target: st.fs.readlink(&vol, Ino(r.ino)).await?,
             })
         })
         .await
@@ -291,8 +295,8 @@ impl Fs for FsService {
         &self,
         req: Request<pb::StatFsRequest>,
     ) -> Result<Response<pb::StatFsReply>, Status> {
-        self.call("StatFs", req, |fs, vol, _| async move {
-            let u = fs.statfs(&vol).await?;
+        self.call("StatFs", req, |st, vol, _| async move {
+            let u = st.fs.statfs(&vol).await?;
             Ok(pb::StatFsReply {
                 used_bytes: u.used_bytes,
                 used_inodes: u.used_inodes,
@@ -307,9 +311,10 @@ impl Fs for FsService {
         &self,
         req: Request<pb::ReadExtentsRequest>,
     ) -> Result<Response<pb::ReadExtentsReply>, Status> {
-        self.call("ReadExtents", req, |fs, vol, r| async move {
-            let revision = head_revision(&fs).await?;
-            let (extents, size) = fs
+        self.call("ReadExtents", req, |st, vol, r| async move {
+            let revision = st.read_revision().await?;
+            let (extents, size) = st
+                .fs
                 .read_extents(&vol, Ino(r.ino), r.offset, r.length)
                 .await?;
             Ok(pb::ReadExtentsReply {
@@ -325,8 +330,9 @@ impl Fs for FsService {
         &self,
         req: Request<pb::CommitExtentsRequest>,
     ) -> Result<Response<pb::AttrReply>, Status> {
-        self.call("CommitExtents", req, |fs, vol, r| async move {
-            let attr = fs
+        self.call("CommitExtents", req, |st, vol, r| async move {
+            let attr = st
+                .fs
                 .commit_extents(&vol, Ino(r.ino), r.extents, r.new_size, r.mtime)
                 .await?;
             Ok(attr_reply(attr))
@@ -338,9 +344,9 @@ impl Fs for FsService {
         &self,
         req: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveReply>, Status> {
-        self.call("Resolve", req, |fs, vol, r| async move {
-            let revision = head_revision(&fs).await?;
-            let result = match fs.resolve(&vol, &r.path).await? {
+        self.call("Resolve", req, |st, vol, r| async move {
+            let revision = st.read_revision().await?;
+            let result = match st.fs.resolve(&vol, &r.path).await? {
                 Resolved::Found(attr) => pb::resolve_reply::Result::Found(attr),
                 Resolved::Missing {
                     existing_prefix,

@@ -36,7 +36,8 @@ impl Server {
             admin: AdminToken::new(ADMIN),
             metrics: Arc::new(MetaMetrics::register(&mut Registry::default())),
             started: Instant::now(),
-            role: "source",
+            replication: None,
+            mirror: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let url = format!("http://{}", listener.local_addr().expect("local addr"));
