@@ -39,10 +39,8 @@ pub fn section_of(key: &[u8]) -> Vec<u8> {
 /// A section's name for people: "volume 3 inodes", "volume names".
 pub fn describe_section(section: &[u8]) -> String {
     for (tag, what) in PER_VOLUME {
-        if let Some(id) = section.strip_prefix(tag) {
-            if let Ok(id) = <[u8; 8]>::try_from(id) {
-                return format!("volume {} {what}", u64::from_be_bytes(id));
-            }
+        if let Some(Ok(id)) = section.strip_prefix(tag).map(<[u8; 8]>::try_from) {
+            return format!("volume {} {what}", u64::from_be_bytes(id));
         }
     }
     match section {
