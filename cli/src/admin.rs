@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mirrorfs_api::meta::{
-    CreateVolumeRequest, DeleteVolumeRequest, ListVolumesRequest, StatusRequest, StorageConfig,
+    CheckMirrorReply, CheckMirrorRequest, CreateVolumeRequest, DeleteVolumeRequest,
+    ListVolumesRequest, MirrorStatus, StatusRequest, StorageConfig, Timestamp,
 };
 use mirrorfs_meta::client;
 
@@ -97,20 +98,39 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
                             "bucket": v.storage.as_ref().map_or("", |s| s.bucket_url.as_str()),
                             "used_bytes": v.used_bytes, "used_inodes": v.used_inodes,
                             "capacity_bytes": v.capacity_bytes, "capacity_inodes": v.capacity_inodes,
+                            "source_volume": v.source_volume,
                         })
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
+                let mirror = vols.iter().any(|v| !v.source_volume.is_empty());
+                let source = |v: &mirrorfs_api::meta::VolumeInfo| match mirror {
+                    true => format!("{:<24} ", v.source_volume),
+                    false => String::new(),
+                };
                 println!(
-                    "{:<24} {:>6} {:>14} {:>12}  BUCKET",
-                    "NAME", "ID", "USED BYTES", "INODES"
+                    "{:<24} {}{:>6} {:>14} {:>12}  BUCKET",
+                    "NAME",
+                    if mirror {
+                        format!("{:<24} ", "SOURCE VOLUME")
+                    } else {
+                        String::new()
+                    },
+                    "ID",
+                    "USED BYTES",
+                    "INODES"
                 );
-                for v in vols {
-                    let bucket = v.storage.map(|s| s.bucket_url).unwrap_or_default();
+                for v in &vols {
+                    let bucket = v.storage.as_ref().map_or("", |s| s.bucket_url.as_str());
                     println!(
-                        "{:<24} {:>6} {:>14} {:>12}  {}",
-                        v.name, v.id, v.used_bytes, v.used_inodes, bucket
+                        "{:<24} {}{:>6} {:>14} {:>12}  {}",
+                        v.name,
+                        source(v),
+                        v.id,
+                        v.used_bytes,
+                        v.used_inodes,
+                        bucket
                     );
                 }
             }
@@ -142,19 +162,121 @@ pub async fn status(conn: AdminConn, json: bool) -> anyhow::Result<()> {
             "revision": s.revision, "compacted_revision": s.compacted_revision,
             "last_commit_unix": last_commit, "uptime_seconds": s.uptime_seconds,
             "volumes": s.volumes, "version": s.version,
+            "mirror": s.mirror.as_ref().map(mirror_json),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        println!("cluster    {} ({})", s.cluster_id, s.role);
-        println!("engine     {}", s.engine);
+        return Ok(());
+    }
+    println!("cluster    {} ({})", s.cluster_id, s.role);
+    println!("engine     {}", s.engine);
+    println!(
+        "revision   {} (changelog from {})",
+        s.revision,
+        s.compacted_revision + 1
+    );
+    println!("volumes    {}", s.volumes);
+    println!("uptime     {}s", s.uptime_seconds);
+    println!("version    {}", s.version);
+    if let Some(m) = &s.mirror {
+        println!();
         println!(
-            "revision   {} (changelog from {})",
-            s.revision,
-            s.compacted_revision + 1
+            "mirror of  {} (cluster {})",
+            m.source_url, m.source_cluster_id
         );
-        println!("volumes    {}", s.volumes);
-        println!("uptime     {}s", s.uptime_seconds);
-        println!("version    {}", s.version);
+        println!("state      {}", m.state);
+        println!(
+            "applied    source revision {} of {} (lag {} revisions, {:.3} s)",
+            m.applied_revision, m.source_revision, m.lag_revisions, m.lag_seconds
+        );
+        match &m.unreachable_since {
+            Some(t) if !m.source_reachable => {
+                println!(
+                    "source     UNREACHABLE since {} (serving reads from local state)",
+                    rfc3339(t)
+                )
+            }
+            _ => println!("source     reachable"),
+        }
+        if m.bootstraps > 0 {
+            println!(
+                "bootstrap  {} so far; last at source revision {} ({})",
+                m.bootstraps,
+                m.last_bootstrap_revision,
+                m.last_bootstrap.as_ref().map_or_else(String::new, rfc3339)
+            );
+        }
+        if !m.last_error.is_empty() {
+            println!("error      {}", m.last_error);
+        }
+        if let Some(c) = &m.last_check {
+            println!("check      {}", check_summary(c));
+        }
     }
     Ok(())
+}
+
+pub async fn check(conn: AdminConn, json: bool) -> anyhow::Result<()> {
+    let mut admin = connect(&conn).await?;
+    let c = admin
+        .check_mirror(CheckMirrorRequest {})
+        .await
+        .map_err(explain)?
+        .into_inner();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&check_json(&c))?);
+    } else {
+        println!("{}", check_summary(&c));
+        for d in &c.divergences {
+            println!("  {}: {}", d.section, d.detail);
+        }
+    }
+    anyhow::ensure!(
+        c.equal,
+        "the mirror differs from its source at revision {}",
+        c.revision
+    );
+    Ok(())
+}
+
+fn check_summary(c: &CheckMirrorReply) -> String {
+    let when = c.checked.as_ref().map_or_else(String::new, rfc3339);
+    if c.equal {
+        format!(
+            "equal to the source at revision {} ({} keys compared, {when})",
+            c.revision, c.keys_compared
+        )
+    } else {
+        format!(
+            "DIFFERS from the source at revision {} in {} section(s) ({when})",
+            c.revision,
+            c.divergences.len()
+        )
+    }
+}
+
+fn check_json(c: &CheckMirrorReply) -> serde_json::Value {
+    serde_json::json!({
+        "revision": c.revision, "equal": c.equal, "keys_compared": c.keys_compared,
+        "checked_unix": c.checked.map_or(0, |t| t.seconds),
+        "divergences": c.divergences.iter().map(|d| serde_json::json!({"section": d.section, "detail": d.detail})).collect::<Vec<_>>(),
+    })
+}
+
+fn mirror_json(m: &MirrorStatus) -> serde_json::Value {
+    let unix = |t: &Option<Timestamp>| t.map(|t| t.seconds);
+    serde_json::json!({
+        "source_url": m.source_url, "source_cluster_id": m.source_cluster_id, "state": m.state,
+        "applied_revision": m.applied_revision, "applied_committed_unix": unix(&m.applied_committed),
+        "source_revision": m.source_revision, "lag_revisions": m.lag_revisions, "lag_seconds": m.lag_seconds,
+        "source_reachable": m.source_reachable, "unreachable_since_unix": unix(&m.unreachable_since),
+        "bootstraps": m.bootstraps, "last_bootstrap_revision": m.last_bootstrap_revision,
+        "last_bootstrap_unix": unix(&m.last_bootstrap), "last_error": m.last_error,
+        "last_check": m.last_check.as_ref().map(check_json),
+    })
+}
+
+/// A timestamp as UTC RFC 3339, to the second.
+fn rfc3339(t: &Timestamp) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.seconds.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
 }

@@ -34,9 +34,23 @@ pub enum Command {
     },
     /// Run the main job on embedded defaults and narrate it.
     Demo(crate::demo::DemoArgs),
+    /// Mirror operations (run against a mirror cluster's meta service).
+    #[command(subcommand)]
+    Mirror(MirrorCommand),
     /// Benchmarks that print their comparison, measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+pub enum MirrorCommand {
+    /// Compare the mirror with its source at one revision; exits 1 if they differ.
+    Check {
+        #[command(flatten)]
+        conn: AdminConn,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -75,6 +89,22 @@ pub struct ServeArgs {
         default_value_t = 1_000_000
     )]
     pub changelog_retention: u64,
+    /// File holding a token that opens only the changelog (what mirrors present). The admin
+    /// token opens it too.
+    #[arg(long, env = "MIRRORFS_REPLICATION_TOKEN_FILE")]
+    pub replication_token_file: Option<PathBuf>,
+    /// Run as a read-only mirror of the source meta service at this address
+    /// (e.g. http://source.example:7400).
+    #[arg(long, env = "MIRRORFS_MIRROR_OF")]
+    pub mirror_of: Option<String>,
+    /// With --mirror-of: file holding the credential the source accepts for its changelog
+    /// (its replication token or admin token).
+    #[arg(long, env = "MIRRORFS_MIRROR_TOKEN_FILE")]
+    pub mirror_token_file: Option<PathBuf>,
+    /// With --mirror-of: how often to compare the mirror with its source (e.g. 1h, 30m, 90s;
+    /// 0s disables the periodic check; `mirrorfs mirror check` runs it on demand).
+    #[arg(long, env = "MIRRORFS_MIRROR_CHECK_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub mirror_check_interval: std::time::Duration,
 }
 
 /// How to reach a meta service as an administrator.
@@ -142,6 +172,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Volume(v) => crate::admin::volume(v).await,
         Command::Status { conn, json } => crate::admin::status(conn, json).await,
         Command::Demo(a) => crate::demo::run(a).await,
+        Command::Mirror(MirrorCommand::Check { conn, json }) => {
+            crate::admin::check(conn, json).await
+        }
         Command::Bench(BenchCommand::Meta(a)) => crate::bench::meta(a).await,
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use mirrorfs_api::Revision;
 use mirrorfs_meta::engine::embedded::EmbeddedEngine;
+use mirrorfs_meta::follower::{self, FollowerConfig};
 use mirrorfs_meta::metrics::MetaMetrics;
 use mirrorfs_meta::service::{AdminToken, MetaState};
 use mirrorfs_meta::{Engine, FsMeta};
@@ -22,18 +23,32 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("cannot create data directory {}", a.data_dir.display()))?;
     let engine = open_engine(&a)?;
-    let fs = FsMeta::open(engine.clone()).await?;
     let admin = AdminToken::new(&admin_token(&a)?);
-
+    let replication = match &a.replication_token_file {
+        Some(path) => Some(AdminToken::new(&token::read(path)?)),
+        None => None,
+    };
     let mut registry = Registry::default();
     let metrics = Arc::new(MetaMetrics::register(&mut registry));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let (fs, mirror) = match &a.mirror_of {
+        None => (FsMeta::open(engine.clone()).await?, None),
+        Some(source) => {
+            let fs = FsMeta::open_mirror(engine.clone()).await?;
+            let config = mirror_config(&a, source, &mut registry)?;
+            let handle = follower::start(engine.clone(), config, stop_rx.clone()).await?;
+            tracing::info!(%source, "following the source as a read-only mirror");
+            (fs, Some(handle))
+        }
+    };
     let state = Arc::new(MetaState {
         fs,
         admin,
         metrics: metrics.clone(),
         started: Instant::now(),
-        replication: None,
-        mirror: None,
+        replication,
+        mirror,
     });
 
     let grpc = TcpListener::bind(a.listen)
@@ -48,7 +63,6 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     println!("mirrorfs meta: serving /metrics and /healthz on http://{http_addr}");
     tracing::info!(%grpc_addr, %http_addr, engine = engine.kind(), data_dir = %a.data_dir.display(), "meta service started");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -72,6 +86,22 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let _ = upkeep.await;
     http_task.await??;
     Ok(())
+}
+
+/// How to follow the source of a mirror cluster.
+fn mirror_config(
+    a: &ServeArgs,
+    source: &str,
+    _registry: &mut Registry,
+) -> anyhow::Result<FollowerConfig> {
+    let Some(token_file) = &a.mirror_token_file else {
+        anyhow::bail!(
+            "--mirror-of needs --mirror-token-file: a file with the source's replication token (or admin token)"
+        );
+    };
+    let mut config = FollowerConfig::new(source, token::read(token_file)?);
+    config.check_interval = (!a.mirror_check_interval.is_zero()).then_some(a.mirror_check_interval);
+    Ok(config)
 }
 
 fn open_engine(a: &ServeArgs) -> anyhow::Result<Arc<dyn Engine>> {
