@@ -1,79 +1,10 @@
 //! The `mirrorfs` commands as an operator runs them against a real `mirrorfs meta serve`.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
 
-struct Service {
-    child: Child,
-    url: String,
-    metrics: String,
-}
-
-impl Service {
-    fn start(data: &Path) -> Service {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mirrorfs"))
-            .args([
-                "meta",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data)
-            .env("MIRRORFS_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn mirrorfs meta serve");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut next = |prefix: &str| loop {
-            let line = lines
-                .next()
-                .expect("meta serve exited early")
-                .expect("read");
-            if let Some(rest) = line.strip_prefix(prefix) {
-                break rest.to_owned();
-            }
-        };
-        let url = next("mirrorfs meta: serving gRPC on ");
-        let metrics = next("mirrorfs meta: serving /metrics and /healthz on ");
-        std::thread::spawn(move || for _ in lines {});
-        Service {
-            child,
-            url,
-            metrics,
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn mirrorfs(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mirrorfs"));
-    cmd.args(args)
-        .env_remove("MIRRORFS_ADMIN_TOKEN")
-        .env_remove("MIRRORFS_ADMIN_TOKEN_FILE");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run mirrorfs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{Service, mirrorfs, text};
 
 /// A minimal HTTP/1.0 GET, enough for /healthz and /metrics.
 fn http_get(base: &str, path: &str) -> String {
@@ -90,7 +21,7 @@ fn http_get(base: &str, path: &str) -> String {
 fn operator_workflow() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let svc = Service::start(&data);
+    let svc = Service::start::<&str>(&data, &[]);
 
     // The admin token is generated on first start, readable only by its owner.
     let admin_file = data.join("admin.token");

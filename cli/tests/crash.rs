@@ -2,9 +2,8 @@
 //! same data directory, and checks that every acknowledged create survived and the changelog
 //! runs from 1 to the head with no gap.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,62 +11,9 @@ use futures::StreamExt;
 use mirrorfs_api::meta as pb;
 use mirrorfs_meta::client;
 
+use common::Service;
+
 const ADMIN: &str = "crash-test-admin";
-
-/// A running `mirrorfs meta serve`, killed by pid when dropped (also on panic).
-struct Service {
-    child: Child,
-    url: String,
-}
-
-impl Service {
-    fn start(data: &Path, token_file: &Path) -> Service {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mirrorfs"))
-            .args([
-                "meta",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data)
-            .arg("--admin-token-file")
-            .arg(token_file)
-            .env("MIRRORFS_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn mirrorfs meta serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("meta serve exited before printing its address")
-                .expect("read stdout");
-            if let Some(url) = line.strip_prefix("mirrorfs meta: serving gRPC on ") {
-                break url.to_owned();
-            }
-        };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Service { child, url }
-    }
-
-    fn kill9(&mut self) {
-        // Child::kill sends SIGKILL to this child's pid.
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_creates_survive_kill_9() {
@@ -76,7 +22,10 @@ async fn acknowledged_creates_survive_kill_9() {
     std::fs::write(&token_file, ADMIN).expect("write token");
     let data = dir.path().join("data");
 
-    let mut svc = Service::start(&data, &token_file);
+    let mut svc = Service::start(
+        &data,
+        &["--admin-token-file".as_ref(), token_file.as_os_str()],
+    );
     let channel = client::connect(&svc.url, Duration::from_secs(5))
         .await
         .expect("connect");
@@ -149,7 +98,10 @@ async fn acknowledged_creates_survive_kill_9() {
     let acked = std::mem::take(&mut *acked.lock().expect("lock"));
     drop(svc);
 
-    let svc = Service::start(&data, &token_file);
+    let svc = Service::start(
+        &data,
+        &["--admin-token-file".as_ref(), token_file.as_os_str()],
+    );
     let channel = client::connect(&svc.url, Duration::from_secs(5))
         .await
         .expect("reconnect");
