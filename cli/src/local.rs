@@ -32,7 +32,11 @@ impl LocalMeta {
 
     /// Like [`LocalMeta::start`], as a read-only mirror of the source at `source_url`, which
     /// accepts `token` for its changelog.
-    pub async fn start_mirror(dir: &Path, source_url: &str, token: &str) -> anyhow::Result<LocalMeta> {
+    pub async fn start_mirror(
+        dir: &Path,
+        source_url: &str,
+        token: &str,
+    ) -> anyhow::Result<LocalMeta> {
         Self::start_with(dir, Some(FollowerConfig::new(source_url, token))).await
     }
 
