@@ -164,6 +164,8 @@ pub enum VolumeCommand {
 pub enum BenchCommand {
     /// Metadata operations over gRPC beside the same operations on the library directly.
     Meta(crate::bench::MetaBenchArgs),
+    /// Mirror lag under load and delay, apply against write throughput, and bootstrap time.
+    Mirror(crate::bench::MirrorBenchArgs),
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -176,5 +178,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             crate::admin::check(conn, json).await
         }
         Command::Bench(BenchCommand::Meta(a)) => crate::bench::meta(a).await,
+        Command::Bench(BenchCommand::Mirror(a)) => crate::bench::mirror(a).await,
     }
 }
