@@ -58,6 +58,10 @@ pub enum MetaError {
         "corrupt record {key} ({detail}); run `mirrorfs mirror check` or restore from a mirror"
     )]
     CorruptRecord { key: String, detail: String },
+    /// A mirror cannot answer now (source unreachable or refusing, mirror still catching up):
+    /// retry later.
+    #[error("{0}")]
+    MirrorUnavailable(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -84,6 +88,7 @@ impl MetaError {
             PermissionDenied(_) => FsErrorKind::PermissionDenied,
             Contention { .. } => FsErrorKind::Busy,
             CorruptRecord { .. } => FsErrorKind::Corrupt,
+            MirrorUnavailable(_) => FsErrorKind::Unavailable,
             Engine(e) => match e {
                 EngineError::Compacted { .. } => FsErrorKind::InvalidArgument,
                 EngineError::Corrupt { .. } => FsErrorKind::Corrupt,
@@ -111,6 +116,7 @@ impl MetaError {
             PermissionDenied(_) => Code::PermissionDenied,
             Contention { .. } => Code::Aborted,
             CorruptRecord { .. } => Code::DataLoss,
+            MirrorUnavailable(_) => Code::Unavailable,
             Engine(e) => match e {
                 EngineError::Compacted { .. } => Code::OutOfRange,
                 EngineError::Corrupt { .. } => Code::DataLoss,

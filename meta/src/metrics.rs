@@ -77,3 +77,92 @@ impl MetaMetrics {
             .observe(took.as_secs_f64());
     }
 }
+
+/// A mirror follower's metrics.
+#[derive(Debug)]
+pub struct MirrorMetrics {
+    /// The source revision the mirror equals.
+    pub applied_revision: Gauge<u64, AtomicU64>,
+    /// The latest source revision known.
+    pub source_revision: Gauge<u64, AtomicU64>,
+    pub lag_revisions: Gauge<u64, AtomicU64>,
+    pub lag_seconds: Gauge<f64, AtomicU64>,
+    pub bootstraps_total: Counter,
+    /// 1 while the source answers, 0 while it does not.
+    pub source_reachable: Gauge,
+    /// Source transactions applied.
+    pub applied_transactions_total: Counter,
+    /// Source transactions per local transaction.
+    pub apply_batch_entries: Histogram,
+    /// Sections found different by the last difference check.
+    pub check_divergences: Gauge,
+}
+
+impl MirrorMetrics {
+    /// Creates the metrics and registers them under `mirrorfs_mirror_*`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::unregistered();
+        let r = registry.sub_registry_with_prefix("mirrorfs_mirror");
+        r.register(
+            "applied_revision",
+            "Source revision the mirror equals",
+            m.applied_revision.clone(),
+        );
+        r.register(
+            "source_revision",
+            "Latest source revision known to the mirror",
+            m.source_revision.clone(),
+        );
+        r.register(
+            "lag_revisions",
+            "Source revisions not yet applied",
+            m.lag_revisions.clone(),
+        );
+        r.register(
+            "lag_seconds",
+            "Age of the oldest source commit not yet applied (0 when caught up)",
+            m.lag_seconds.clone(),
+        );
+        r.register(
+            "bootstraps",
+            "Bootstraps from a source snapshot",
+            m.bootstraps_total.clone(),
+        );
+        r.register(
+            "source_reachable",
+            "1 while the source answers, 0 while it is unreachable",
+            m.source_reachable.clone(),
+        );
+        r.register(
+            "applied_transactions",
+            "Source transactions applied",
+            m.applied_transactions_total.clone(),
+        );
+        r.register(
+            "apply_batch_entries",
+            "Source transactions applied per local transaction",
+            m.apply_batch_entries.clone(),
+        );
+        r.register(
+            "check_divergences",
+            "Sections that differed from the source at the last difference check",
+            m.check_divergences.clone(),
+        );
+        m
+    }
+
+    /// Metrics that no registry exports (for tests and for followers started without one).
+    pub fn unregistered() -> Self {
+        Self {
+            applied_revision: Gauge::default(),
+            source_revision: Gauge::default(),
+            lag_revisions: Gauge::default(),
+            lag_seconds: Gauge::default(),
+            bootstraps_total: Counter::default(),
+            source_reachable: Gauge::default(),
+            applied_transactions_total: Counter::default(),
+            apply_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            check_divergences: Gauge::default(),
+        }
+    }
+}

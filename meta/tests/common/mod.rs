@@ -31,14 +31,21 @@ impl Server {
 
     pub async fn start_on(engine: Arc<dyn Engine>) -> Server {
         let fs = FsMeta::open(engine.clone()).await.expect("open metadata");
-        let state = Arc::new(MetaState {
-            fs: fs.clone(),
+        Self::serve(MetaState {
+            fs,
             admin: AdminToken::new(ADMIN),
             metrics: Arc::new(MetaMetrics::register(&mut Registry::default())),
             started: Instant::now(),
             replication: None,
             mirror: None,
-        });
+        })
+        .await
+    }
+
+    /// Serves `state` (a source, or a mirror with its follower) on a loopback port.
+    pub async fn serve(state: MetaState) -> Server {
+        let (engine, fs) = (state.fs.engine().clone(), state.fs.clone());
+        let state = Arc::new(state);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let url = format!("http://{}", listener.local_addr().expect("local addr"));
         let (tx, rx) = oneshot::channel::<()>();
