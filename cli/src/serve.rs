@@ -9,7 +9,7 @@ use anyhow::Context;
 use mirrorfs_api::Revision;
 use mirrorfs_meta::engine::embedded::EmbeddedEngine;
 use mirrorfs_meta::follower::{self, FollowerConfig};
-use mirrorfs_meta::metrics::MetaMetrics;
+use mirrorfs_meta::metrics::{MetaMetrics, MirrorMetrics};
 use mirrorfs_meta::service::{AdminToken, MetaState};
 use mirrorfs_meta::{Engine, FsMeta};
 use prometheus_client::registry::Registry;
@@ -92,7 +92,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
 fn mirror_config(
     a: &ServeArgs,
     source: &str,
-    _registry: &mut Registry,
+    registry: &mut Registry,
 ) -> anyhow::Result<FollowerConfig> {
     let Some(token_file) = &a.mirror_token_file else {
         anyhow::bail!(
@@ -101,6 +101,7 @@ fn mirror_config(
     };
     let mut config = FollowerConfig::new(source, token::read(token_file)?);
     config.check_interval = (!a.mirror_check_interval.is_zero()).then_some(a.mirror_check_interval);
+    config.metrics = Some(Arc::new(MirrorMetrics::register(registry)));
     Ok(config)
 }
 

@@ -92,6 +92,9 @@ impl Driver {
     pub async fn run(mut self) {
         let cfg = &self.shared.config;
         let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
+        // The same kind of failure again (an outage) is logged at warn once, then every tenth
+        // time.
+        let mut repeats: (Option<std::mem::Discriminant<FollowError>>, u64) = (None, 0);
         loop {
             let before = (
                 self.pos.applied_revision(),
@@ -111,6 +114,12 @@ impl Driver {
                 Recovery::Retry | Recovery::Bootstrap => backoff.next_delay(),
                 Recovery::Refuse => backoff.longest(),
             };
+            let kind = Some(std::mem::discriminant(&err));
+            if progressed || repeats.0 != kind {
+                repeats = (kind, 0);
+            }
+            repeats.1 += 1;
+            let loud = repeats.1 % 10 == 1;
             let now = CommitTime::now();
             {
                 let mut st = self.shared.status();
@@ -126,8 +135,11 @@ impl Driver {
                 st.publish(&self.shared.metrics, now);
             }
             match recovery {
+                Recovery::Retry if loud => {
+                    tracing::warn!(error = %err, retry_in = ?delay, attempts = repeats.1, "mirror follower: retrying");
+                }
                 Recovery::Retry => {
-                    tracing::warn!(error = %err, retry_in = ?delay, "mirror follower: retrying");
+                    tracing::debug!(error = %err, retry_in = ?delay, attempts = repeats.1, "mirror follower: retrying");
                 }
                 Recovery::Bootstrap => {
                     tracing::info!(error = %err, "mirror follower: the changelog no longer reaches back to the applied revision; re-bootstrapping");
@@ -136,8 +148,11 @@ impl Driver {
                         self.pos.applied_revision()
                     ));
                 }
-                Recovery::Refuse => {
+                Recovery::Refuse if loud => {
                     tracing::error!(error = %err, retry_in = ?delay, "mirror follower: refusing the source; nothing is applied");
+                }
+                Recovery::Refuse => {
+                    tracing::debug!(error = %err, retry_in = ?delay, "mirror follower: still refusing the source");
                 }
             }
             tokio::time::sleep(delay).await;
@@ -188,7 +203,13 @@ impl Driver {
             };
         }
         saw_head(&shared, &head);
-        shared.status().clear_error();
+        {
+            let mut st = shared.status();
+            st.clear_error();
+            if st.source_cluster_id.is_empty() {
+                st.source_cluster_id.clone_from(&head.cluster_id);
+            }
+        }
         shared.publish_metrics();
 
         let mut poller = AbortOnDrop(tokio::spawn(poll_heads(
