@@ -36,7 +36,7 @@ use crate::metrics::MirrorMetrics;
 
 pub use error::{FollowError, InvalidEntry};
 pub use status::lag;
-pub use tail::validate;
+pub use tail::{Entry, validate};
 
 /// How to follow a source.
 #[derive(Clone, Debug)]
