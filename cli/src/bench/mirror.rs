@@ -98,6 +98,8 @@ pub async fn mirror(a: MirrorBenchArgs) -> anyhow::Result<()> {
     let rig = Rig::start(&dir, a.clients).await?;
     let links = [("loopback", Duration::ZERO), ("slow link", a.delay)];
     let mut round = 0;
+    // The fastest the source wrote in this run, in revisions per second.
+    let mut fastest_source = 0f64;
     for (link, delay) in links {
         rig.proxy.set_delay(delay);
         let target = LAG_P99_LOOPBACK + 2 * delay;
@@ -117,6 +119,7 @@ pub async fn mirror(a: MirrorBenchArgs) -> anyhow::Result<()> {
             round += 1;
             eprintln!("lag: {link}, {load} ...");
             let lag = rig.lag(round, pace, a.duration).await?;
+            fastest_source = fastest_source.max(lag.revision_rate);
             table.lag(&link, &load, &lag, target);
         }
     }
@@ -127,7 +130,7 @@ pub async fn mirror(a: MirrorBenchArgs) -> anyhow::Result<()> {
     );
     round += 1;
     let catch_up = rig.catch_up(round, a.catch_up_creates).await?;
-    table.catch_up(&catch_up);
+    table.catch_up(&catch_up, fastest_source);
     rig.stop().await?;
 
     if a.bootstrap_inodes > 0 {
@@ -204,6 +207,7 @@ impl Rig {
         };
         let dirs = make_dirs(clients, &self.volume, round).await?;
         let timeline = Timeline::record(self.follower.applied());
+        let before = self.head().await?;
         let load = run_load(
             clients,
             &self.volume,
@@ -212,9 +216,10 @@ impl Rig {
             Until::Time(Instant::now() + duration),
         )
         .await?;
+        let after = self.head().await?;
         let last = load.acks.iter().map(|&(_, r)| r).max().unwrap_or(0);
         wait_applied(&self.follower, Revision(last), CATCH_UP_LIMIT).await?;
-        let applied = timeline.stop().await?;
+        let applied = timeline.stop(Revision(last)).await?;
         let mut hist = Histogram::<u64>::new(3)?;
         for &(acked, r) in &load.acks {
             let i = applied.partition_point(|&(_, a)| a < r);
@@ -228,6 +233,7 @@ impl Rig {
         Ok(Lag {
             creates: load.acks.len(),
             rate: load.acks.len() as f64 / load.elapsed.as_secs_f64(),
+            revision_rate: (after.0 - before.0) as f64 / load.elapsed.as_secs_f64(),
             hist,
         })
     }
@@ -261,7 +267,7 @@ impl Rig {
         self.proxy.restore();
         wait_applied(&self.follower, after, CATCH_UP_LIMIT).await?;
         let done = Instant::now();
-        let points = timeline.stop().await?;
+        let points = timeline.stop(after).await?;
         // From the first local commit after the restore (reconnecting is not applying) to the
         // one that reached the head.
         let first = points.iter().find(|&&(_, r)| r > was_applied.0);
@@ -356,24 +362,29 @@ async fn wait_applied(
 
 /// Records when the follower's applied revision changes.
 struct Timeline {
-    stop: oneshot::Sender<()>,
+    stop: oneshot::Sender<u64>,
     task: tokio::task::JoinHandle<Vec<(Instant, u64)>>,
 }
 
 impl Timeline {
     fn record(mut applied: watch::Receiver<Revision>) -> Timeline {
-        let (stop, mut stopped) = oneshot::channel();
+        let (stop, mut stopped) = oneshot::channel::<u64>();
         let task = tokio::spawn(async move {
             let mut points = vec![(Instant::now(), applied.borrow_and_update().0)];
+            let mut until = None;
             loop {
+                if until.is_some_and(|u| points.last().is_some_and(|&(_, r)| r >= u)) {
+                    break;
+                }
                 tokio::select! {
+                    biased;
                     changed = applied.changed() => {
                         if changed.is_err() {
                             break;
                         }
                         points.push((Instant::now(), applied.borrow_and_update().0));
                     }
-                    _ = &mut stopped => break,
+                    u = &mut stopped, if until.is_none() => until = Some(u.unwrap_or(0)),
                 }
             }
             points
@@ -381,8 +392,10 @@ impl Timeline {
         Timeline { stop, task }
     }
 
-    async fn stop(self) -> anyhow::Result<Vec<(Instant, u64)>> {
-        let _ = self.stop.send(());
+    /// Stops recording once the timeline holds a point at or past `reached` (a revision the
+    /// follower has already applied), and returns it.
+    async fn stop(self, reached: Revision) -> anyhow::Result<Vec<(Instant, u64)>> {
+        let _ = self.stop.send(reached.0);
         Ok(self.task.await?)
     }
 }
@@ -506,7 +519,10 @@ async fn run_load(
 
 struct Lag {
     creates: usize,
+    /// Creates per second.
     rate: f64,
+    /// Source revisions per second (creates and the source's own bookkeeping).
+    revision_rate: f64,
     /// Microseconds.
     hist: Histogram<u64>,
 }
@@ -685,7 +701,7 @@ impl Table {
         );
     }
 
-    fn catch_up(&mut self, c: &CatchUp) {
+    fn catch_up(&mut self, c: &CatchUp, fastest_source: f64) {
         self.row(
             format!(
                 "source writes, mirror cut off ({} creates, {} revisions)",
@@ -695,15 +711,27 @@ impl Table {
             "the comparison".into(),
             None,
         );
-        let ratio = c.apply_rate() / c.write_rate();
+        self.row(
+            "source writes, fastest lag run above".into(),
+            format!("{fastest_source:.0} rev/s"),
+            "a second comparison".into(),
+            None,
+        );
+        // Judged against the faster of the two, so a slow cut-off phase cannot flatter it.
+        let ratio = c.apply_rate() / c.write_rate().max(fastest_source);
         self.row(
             format!(
                 "mirror applies while catching up ({} revisions in {:.2} s)",
                 c.apply_revisions,
                 c.apply_time.as_secs_f64()
             ),
-            format!("{:.0} rev/s = {ratio:.1}x source", c.apply_rate()),
-            format!(">= {APPLY_RATIO:.0}x source"),
+            format!(
+                "{:.0} rev/s = {:.1}x / {:.1}x",
+                c.apply_rate(),
+                c.apply_rate() / c.write_rate(),
+                c.apply_rate() / fastest_source.max(1e-9)
+            ),
+            format!(">= {APPLY_RATIO:.0}x both"),
             Some(ratio >= APPLY_RATIO),
         );
         self.row(
