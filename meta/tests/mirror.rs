@@ -569,25 +569,6 @@ async fn a_kill_mid_bootstrap_is_followed_by_a_fresh_bootstrap() {
     mirror.kill().await;
 }
 
-/// How long bootstrapping a million inodes takes (run with `--release --ignored`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "a measurement; run with --release -- --ignored --nocapture"]
-async fn bootstrap_a_million_inodes() {
-    let source = Server::start().await;
-    let (vol, _) = source_volume(&source.fs, "data").await;
-    bulk_inodes(source.engine.as_ref(), vol.id.0, 1_000_000).await;
-    let dir = tempfile::tempdir().unwrap();
-    let engine: Arc<dyn Engine> =
-        Arc::new(EmbeddedEngine::open(&dir.path().join("meta.redb")).unwrap());
-    let started = Instant::now();
-    let mirror = Mirror::follow(engine, &source).await;
-    let head = source.engine.head().await.unwrap().revision;
-    mirror.wait_applied(head).await;
-    println!("bootstrapped 1,000,000 inodes in {:?}", started.elapsed());
-    assert_mirrors(source.engine.as_ref(), &mirror).await;
-    mirror.kill().await;
-}
-
 // --- refusals -------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
