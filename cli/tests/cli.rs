@@ -4,7 +4,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{Service, mirrorfs, text};
+use common::{Service, fails_with, mirrorfs, text};
 
 /// A minimal HTTP/1.0 GET, enough for /healthz and /metrics.
 fn http_get(base: &str, path: &str) -> String {
@@ -59,7 +59,7 @@ fn operator_workflow() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     // The token file is never overwritten.
-    let o = mirrorfs(
+    fails_with(
         &[
             "volume",
             "create",
@@ -68,25 +68,11 @@ fn operator_workflow() {
             token_file.to_str().expect("path"),
         ],
         &env,
-    );
-    assert!(
-        !o.status.success() && text(&o).contains("already exists"),
-        "{}",
-        text(&o)
+        "already exists",
     );
 
-    let o = mirrorfs(&["volume", "create", "datasets"], &env);
-    assert!(
-        !o.status.success() && text(&o).contains("already exists"),
-        "{}",
-        text(&o)
-    );
-    let o = mirrorfs(&["volume", "create", "Not/Valid"], &env);
-    assert!(
-        !o.status.success() && text(&o).contains("Not/Valid"),
-        "{}",
-        text(&o)
-    );
+    fails_with(&["volume", "create", "datasets"], &env, "already exists");
+    fails_with(&["volume", "create", "Not/Valid"], &env, "Not/Valid");
 
     let o = mirrorfs(&["volume", "list", "--json"], &env);
     assert!(o.status.success(), "{}", text(&o));
@@ -102,40 +88,26 @@ fn operator_workflow() {
 
     let o = mirrorfs(&["volume", "delete", "datasets"], &env);
     assert!(o.status.success(), "{}", text(&o));
-    let o = mirrorfs(&["volume", "delete", "datasets"], &env);
-    assert!(
-        !o.status.success() && text(&o).contains("does not exist"),
-        "{}",
-        text(&o)
-    );
+    fails_with(&["volume", "delete", "datasets"], &env, "does not exist");
 
     // Wrong token, no token, unreachable service: clear errors, non-zero exit.
-    let o = mirrorfs(
+    fails_with(
         &["status"],
         &[
             ("MIRRORFS_META", &svc.url),
             ("MIRRORFS_ADMIN_TOKEN", "wrong"),
         ],
+        "invalid token",
     );
-    assert!(
-        !o.status.success() && text(&o).contains("invalid token"),
-        "{}",
-        text(&o)
+    fails_with(
+        &["status"],
+        &[("MIRRORFS_META", &svc.url)],
+        "no admin token",
     );
-    let o = mirrorfs(&["status"], &[("MIRRORFS_META", &svc.url)]);
-    assert!(
-        !o.status.success() && text(&o).contains("no admin token"),
-        "{}",
-        text(&o)
-    );
-    let o = mirrorfs(
+    fails_with(
         &["status", "--meta", "http://127.0.0.1:1"],
         &[("MIRRORFS_ADMIN_TOKEN", "x")],
-    );
-    assert!(
-        !o.status.success() && text(&o).contains("cannot reach the meta service"),
-        "{}",
-        text(&o)
+        "cannot reach the meta service",
     );
 
     assert!(http_get(&svc.metrics, "/healthz").contains("ok"));
@@ -147,7 +119,7 @@ fn operator_workflow() {
 fn bad_serve_flags_fail_fast() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_str().expect("path");
-    let o = mirrorfs(
+    fails_with(
         &[
             "meta",
             "serve",
@@ -159,13 +131,9 @@ fn bad_serve_flags_fail_fast() {
             "127.0.0.1:0",
         ],
         &[],
+        "unknown engine",
     );
-    assert!(
-        !o.status.success() && text(&o).contains("unknown engine"),
-        "{}",
-        text(&o)
-    );
-    let o = mirrorfs(
+    fails_with(
         &[
             "meta",
             "serve",
@@ -175,21 +143,16 @@ fn bad_serve_flags_fail_fast() {
             "not-an-address",
         ],
         &[],
+        "invalid value",
     );
-    assert!(
-        !o.status.success() && text(&o).contains("invalid value"),
-        "{}",
-        text(&o)
-    );
-    let o = mirrorfs(&["meta", "serve", "--listen", "127.0.0.1:0"], &[]);
-    assert!(
-        !o.status.success() && text(&o).contains("--data-dir"),
-        "{}",
-        text(&o)
+    fails_with(
+        &["meta", "serve", "--listen", "127.0.0.1:0"],
+        &[],
+        "--data-dir",
     );
     // A corrupt database names its file.
     std::fs::write(dir.path().join("meta.redb"), b"this is not a database").expect("write");
-    let o = mirrorfs(
+    fails_with(
         &[
             "meta",
             "serve",
@@ -201,10 +164,6 @@ fn bad_serve_flags_fail_fast() {
             "127.0.0.1:0",
         ],
         &[],
-    );
-    assert!(
-        !o.status.success() && text(&o).contains("meta.redb"),
-        "{}",
-        text(&o)
+        "meta.redb",
     );
 }

@@ -88,3 +88,20 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// Runs `mirrorfs` and asserts that it fails with a message containing `needle`.
+pub fn fails_with(args: &[&str], env: &[(&str, &str)], needle: &str) {
+    let o = mirrorfs(args, env);
+    assert!(
+        !o.status.success(),
+        "`mirrorfs {}` should fail:\n{}",
+        args.join(" "),
+        text(&o)
+    );
+    assert!(
+        text(&o).contains(needle),
+        "`mirrorfs {}` should say {needle:?}:\n{}",
+        args.join(" "),
+        text(&o)
+    );
+}
