@@ -2,9 +2,10 @@
 # Installs what the build and the tests need, idempotently and unattended. Safe to run again.
 set -euo pipefail
 
+# Usage: setup.sh [apt-package...]. The callers name what they need (test.sh: etcd-server for
+# the etcd engine's tests, protobuf-compiler and libprotobuf-dev for the etcd
+# client's generated code).
 need_apt=()
-# Nothing in the current tree needs system packages beyond the Rust toolchain: protoc is
-# vendored by the build. Packages are added here as the tests come to need them.
 for pkg in "$@"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

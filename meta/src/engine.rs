@@ -15,6 +15,7 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod etcd;
 mod follow;
 pub mod memory;
 
