@@ -24,7 +24,7 @@ else
 fi
 
 echo "== benchmark smoke run (tiny sizes; the real figures come from 'mirrorfs bench')"
-cargo run --quiet --release --locked -p mirrorfs -- bench meta --clients 1,4 --files-per-client 50 >/dev/null
+cargo run --quiet --release --locked -p mirrorfs -- bench meta --clients 1,4 --files-per-client 50 --etcd >/dev/null
 MIRRORFS_LOG=error cargo run --quiet --release --locked -p mirrorfs -- bench mirror --duration 1s \
   --clients 4 --paced-rate 100 --catch-up-creates 500 --bootstrap-inodes 2000 >/dev/null
 echo "all tests passed"

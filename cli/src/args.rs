@@ -67,9 +67,12 @@ pub struct ServeArgs {
     /// Directory for the embedded engine's database and the generated admin token.
     #[arg(long, env = "MIRRORFS_DATA_DIR")]
     pub data_dir: PathBuf,
-    /// Metadata engine: `embedded` (a local database in --data-dir).
+    /// Metadata engine: `embedded` (a local database in --data-dir) or
+    /// `etcd://host1:2379,host2:2379` (an etcd v3 cluster dedicated to this service).
     #[arg(long, env = "MIRRORFS_ENGINE", default_value = "embedded")]
     pub engine: String,
+    #[command(flatten)]
+    pub etcd: Box<EtcdArgs>,
     /// File holding the admin token. Default: <data-dir>/admin.token, generated (mode 0600) on
     /// first start.
     #[arg(long, env = "MIRRORFS_ADMIN_TOKEN_FILE")]
@@ -105,6 +108,35 @@ pub struct ServeArgs {
     /// 0s disables the periodic check; `mirrorfs mirror check` runs it on demand).
     #[arg(long, env = "MIRRORFS_MIRROR_CHECK_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub mirror_check_interval: std::time::Duration,
+}
+
+/// How to use an etcd cluster (with `--engine etcd://...`).
+#[derive(Args, Clone, Debug)]
+pub struct EtcdArgs {
+    /// CA bundle (PEM) that signed the etcd servers' certificates; enables TLS.
+    #[arg(long, env = "MIRRORFS_ETCD_CA_FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; enables TLS.
+    #[arg(long, env = "MIRRORFS_ETCD_CERT_FILE", requires = "etcd_key_file")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// Key (PEM) of --etcd-cert-file.
+    #[arg(long, env = "MIRRORFS_ETCD_KEY_FILE", requires = "etcd_cert_file")]
+    pub etcd_key_file: Option<PathBuf>,
+    /// etcd user name (etcd authentication).
+    #[arg(long, env = "MIRRORFS_ETCD_USER", requires = "etcd_password_file")]
+    pub etcd_user: Option<String>,
+    /// File holding the password of --etcd-user.
+    #[arg(long, env = "MIRRORFS_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// Prefix of every key the engine writes in etcd.
+    #[arg(long, env = "MIRRORFS_ETCD_PREFIX", default_value = "mirrorfs/")]
+    pub etcd_prefix: String,
+    /// The etcd servers' --max-txn-ops (larger transactions are refused with a clear error).
+    #[arg(long, env = "MIRRORFS_ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub etcd_max_txn_ops: usize,
+    /// The etcd servers' --max-request-bytes.
+    #[arg(long, env = "MIRRORFS_ETCD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    pub etcd_max_request_bytes: usize,
 }
 
 /// How to reach a meta service as an administrator.

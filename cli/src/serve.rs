@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use mirrorfs_api::Revision;
 use mirrorfs_meta::engine::embedded::EmbeddedEngine;
+use mirrorfs_meta::engine::etcd::{EtcdEngine, EtcdOptions, EtcdTls};
 use mirrorfs_meta::follower::{self, FollowerConfig};
 use mirrorfs_meta::metrics::{MetaMetrics, MirrorMetrics};
 use mirrorfs_meta::service::{AdminToken, MetaState};
@@ -16,13 +17,13 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::args::ServeArgs;
+use crate::args::{EtcdArgs, ServeArgs};
 use crate::token;
 
 pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("cannot create data directory {}", a.data_dir.display()))?;
-    let engine = open_engine(&a)?;
+    let engine = open_engine(&a).await?;
     let admin = AdminToken::new(&admin_token(&a)?);
     let replication = match &a.replication_token_file {
         Some(path) => Some(AdminToken::new(&token::read(path)?)),
@@ -105,14 +106,60 @@ fn mirror_config(
     Ok(config)
 }
 
-fn open_engine(a: &ServeArgs) -> anyhow::Result<Arc<dyn Engine>> {
+async fn open_engine(a: &ServeArgs) -> anyhow::Result<Arc<dyn Engine>> {
+    if let Some(endpoints) = a.engine.strip_prefix("etcd://") {
+        let endpoints: Vec<String> = endpoints
+            .split(',')
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect();
+        let engine = EtcdEngine::connect(&endpoints, etcd_options(&a.etcd)?).await?;
+        return Ok(Arc::new(engine));
+    }
     match a.engine.as_str() {
         "embedded" => {
             let path = a.data_dir.join("meta.redb");
             Ok(Arc::new(EmbeddedEngine::open(&path)?))
         }
-        other => anyhow::bail!("unknown engine {other:?}; the available engine is `embedded`"),
+        other => anyhow::bail!(
+            "unknown engine {other:?}; the available engines are `embedded` and `etcd://host:port[,host:port...]`"
+        ),
     }
+}
+
+/// The etcd engine's options from the command line.
+pub fn etcd_options(a: &EtcdArgs) -> anyhow::Result<EtcdOptions> {
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let tls = if a.etcd_ca_file.is_some() || a.etcd_cert_file.is_some() {
+        Some(EtcdTls {
+            ca_pem: a.etcd_ca_file.as_ref().map(read).transpose()?,
+            identity_pem: match (&a.etcd_cert_file, &a.etcd_key_file) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            },
+        })
+    } else {
+        None
+    };
+    let user = match (&a.etcd_user, &a.etcd_password_file) {
+        (Some(u), Some(p)) => {
+            let password = String::from_utf8(read(p)?)
+                .with_context(|| format!("{} is not UTF-8", p.display()))?;
+            Some((
+                u.clone(),
+                password.trim_end_matches(['\r', '\n']).to_string(),
+            ))
+        }
+        _ => None,
+    };
+    Ok(EtcdOptions {
+        prefix: a.etcd_prefix.as_bytes().to_vec(),
+        max_txn_ops: a.etcd_max_txn_ops,
+        max_request_bytes: a.etcd_max_request_bytes,
+        user,
+        tls,
+        ..EtcdOptions::default()
+    })
 }
 
 /// The admin token from --admin-token-file, or from `<data-dir>/admin.token`, generated there

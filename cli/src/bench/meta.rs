@@ -12,6 +12,7 @@ use hdrhistogram::Histogram;
 use mirrorfs_api::Ino;
 use mirrorfs_api::meta::{self as pb, fs_client::FsClient};
 use mirrorfs_meta::client;
+use mirrorfs_meta::engine::etcd::{EtcdEngine, EtcdOptions};
 use mirrorfs_meta::fs::{FsMeta, NewVolume, Owner, Volume};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -26,6 +27,14 @@ pub struct MetaBenchArgs {
     /// same disk as the system temp dir).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Also run the direct path over the etcd engine, on a single-member etcd started for the
+    /// run (needs the `etcd` binary: `sudo ./scripts/setup.sh etcd-server`).
+    #[arg(long)]
+    pub etcd: bool,
+    /// Also run the direct path over the etcd engine on this (dedicated, empty or
+    /// mirrorfs-only) etcd cluster instead of starting one; comma separated host:port.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
 }
 
 /// One measured row.
@@ -65,6 +74,36 @@ pub async fn meta(a: MetaBenchArgs) -> anyhow::Result<()> {
         a.files_per_client,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    // The etcd column: the same direct operations with FsMeta over the etcd engine.
+    let mut started_etcd = None;
+    let etcd_fs = if a.etcd || !a.etcd_endpoints.is_empty() {
+        let (endpoints, options) = if a.etcd_endpoints.is_empty() {
+            let cluster = mirrorfs_testkit::EtcdCluster::start(1).map_err(anyhow::Error::msg)?;
+            let endpoints = cluster.endpoints();
+            started_etcd = Some(cluster);
+            let options = EtcdOptions {
+                max_txn_ops: mirrorfs_testkit::etcd::MAX_TXN_OPS,
+                max_request_bytes: mirrorfs_testkit::etcd::MAX_REQUEST_BYTES,
+                ..EtcdOptions::default()
+            };
+            (endpoints, options)
+        } else {
+            (a.etcd_endpoints.clone(), EtcdOptions::default())
+        };
+        println!(
+            "etcd engine on {} ({})",
+            endpoints.join(","),
+            if started_etcd.is_some() {
+                "a single-member etcd started for this run"
+            } else {
+                "given with --etcd-endpoints"
+            }
+        );
+        let engine = EtcdEngine::connect(&endpoints, options).await?;
+        Some(FsMeta::open(Arc::new(engine)).await?)
+    } else {
+        None
+    };
     let mut rows = Vec::new();
     for (round, &clients) in a.clients.iter().enumerate() {
         // Each path gets its own fresh volume so both do the same work on the same engine.
@@ -80,10 +119,18 @@ pub async fn meta(a: MetaBenchArgs) -> anyhow::Result<()> {
             let ch = client::connect(&url, Duration::from_secs(5)).await?;
             channels.push(client::fs(ch, &token)?);
         }
-        rows.extend(run_direct(&fs, &direct_vol, clients, a.files_per_client).await?);
+        rows.extend(run_direct(&fs, &direct_vol, clients, a.files_per_client, "direct").await?);
+        if let Some(etcd_fs) = &etcd_fs {
+            let vol = new_volume(etcd_fs, &format!("etcd-{round}")).await?;
+            rows.extend(
+                run_direct(etcd_fs, &vol, clients, a.files_per_client, "direct-etcd").await?,
+            );
+        }
         rows.extend(run_grpc(&channels, &grpc_info.name, clients, a.files_per_client).await?);
     }
     print_table(&rows);
+    drop(etcd_fs);
+    drop(started_etcd);
     local.stop().await
 }
 
@@ -141,6 +188,7 @@ async fn run_direct(
     vol: &Volume,
     clients: usize,
     n: usize,
+    path: &'static str,
 ) -> anyhow::Result<Vec<Row>> {
     let owner = Owner {
         mode: 0o644,
@@ -166,7 +214,7 @@ async fn run_direct(
     let mut rows = Vec::new();
     let ctx = |c: usize| (fs.clone(), vol.clone(), dirs[c]);
     rows.push(
-        measure("create", "direct", clients, |c| {
+        measure("create", path, clients, |c| {
             let (fs, vol, dir) = ctx(c);
             async move {
                 let mut h = Histogram::new(3)?;
@@ -181,7 +229,7 @@ async fn run_direct(
         .await?,
     );
     rows.push(
-        measure("lookup", "direct", clients, |c| {
+        measure("lookup", path, clients, |c| {
             let (fs, vol, dir) = ctx(c);
             async move {
                 let mut h = Histogram::new(3)?;
@@ -196,7 +244,7 @@ async fn run_direct(
         .await?,
     );
     rows.push(
-        measure("getattr", "direct", clients, |c| {
+        measure("getattr", path, clients, |c| {
             let (fs, vol, dir) = ctx(c);
             async move {
                 let mut h = Histogram::new(3)?;
@@ -211,7 +259,7 @@ async fn run_direct(
         .await?,
     );
     rows.push(
-        measure("readdir(1000)", "direct", clients, |c| {
+        measure("readdir(1000)", path, clients, |c| {
             let (fs, vol, dir) = ctx(c);
             async move {
                 let mut h = Histogram::new(3)?;
@@ -366,8 +414,9 @@ async fn run_grpc(
 }
 
 fn print_table(rows: &[Row]) {
+    let with_etcd = rows.iter().any(|r| r.path == "direct-etcd");
     println!();
-    println!(
+    print!(
         "{:<14} {:>7} | {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>10}",
         "operation",
         "clients",
@@ -379,14 +428,22 @@ fn print_table(rows: &[Row]) {
         "p99 us",
         "grpc/direct"
     );
+    if with_etcd {
+        print!(
+            " | {:>10} {:>9} {:>9} | {:>11}",
+            "etcd ops/s", "p50 us", "p99 us", "etcd/direct"
+        );
+    }
+    println!();
     for g in rows.iter().filter(|r| r.path == "grpc") {
-        let Some(d) = rows
-            .iter()
-            .find(|r| r.path == "direct" && r.op == g.op && r.clients == g.clients)
-        else {
+        let find = |path: &str| {
+            rows.iter()
+                .find(|r| r.path == path && r.op == g.op && r.clients == g.clients)
+        };
+        let Some(d) = find("direct") else {
             continue;
         };
-        println!(
+        print!(
             "{:<14} {:>7} | {:>12.0} {:>9.1} {:>9.1} | {:>12.0} {:>9.1} {:>9.1} | {:>9.2}x",
             g.op,
             g.clients,
@@ -398,9 +455,24 @@ fn print_table(rows: &[Row]) {
             d.us(0.99),
             g.rate() / d.rate()
         );
+        if let Some(e) = find("direct-etcd") {
+            print!(
+                " | {:>10.0} {:>9.1} {:>9.1} | {:>10.2}x",
+                e.rate(),
+                e.us(0.5),
+                e.us(0.99),
+                e.rate() / d.rate()
+            );
+        }
+        println!();
     }
     println!();
     println!(
         "creates are durable (acknowledged after fsync); each client works in its own directory."
     );
+    if with_etcd {
+        println!(
+            "etcd: the direct operations with the etcd engine (one etcd round trip per read; commits of one process go one per round trip, see docs/CONFIGURATION.md)."
+        );
+    }
 }
