@@ -18,6 +18,7 @@ pub mod embedded;
 pub mod etcd;
 mod follow;
 pub mod memory;
+mod record;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -36,6 +36,7 @@ use redb::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::record;
 use super::{
     ChangeEntry, ChangeStream, Commit, CommitTime, Compare, Engine, EngineError, Head, KeyValue,
     Mutation, Result, Snapshot, Txn, TxnOutcome, follow::follow,
@@ -614,7 +615,7 @@ impl Writer {
                     apply(s, &mut kv, m, revision)?;
                 }
                 encoded.clear();
-                encode_entry(&mut encoded, time, &txn.mutations);
+                record::encode_into(&mut encoded, time, &txn.mutations);
                 log.insert(revision.0, encoded.as_slice())
                     .map_err(|e| s.err(e))?;
                 head.revision = revision;
@@ -841,7 +842,7 @@ fn read_changelog(s: &Shared, next: Revision, max: usize) -> Result<Vec<ChangeEn
                 format!("the entry is missing (the next stored one is {revision})"),
             ));
         }
-        let (time, mutations) = decode_entry(v.value())
+        let (time, mutations) = record::decode(v.value())
             .map_err(|detail| s.corrupt(format_args!("changelog revision {revision}"), detail))?;
         out.push(ChangeEntry {
             revision,
@@ -871,100 +872,6 @@ fn decode_kv(s: &Shared, key: &[u8], raw: &[u8]) -> Result<KeyValue> {
         value: value.to_vec(),
         mod_revision: Revision(u64::from_be_bytes(*rev)),
     })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Changelog entry encoding:
-//   entry    := version:u8 (=1) time:u64 count:u32 mutation*count
-//   mutation := 1 key value | 2 key | 3 start end        (tag:u8)
-//   bytes    := len:u32 data
-// Integers are big-endian.
-
-const ENTRY_VERSION: u8 = 1;
-const TAG_PUT: u8 = 1;
-const TAG_DELETE: u8 = 2;
-const TAG_DELETE_RANGE: u8 = 3;
-
-fn encode_entry(out: &mut Vec<u8>, time: CommitTime, mutations: &[Mutation]) {
-    fn bytes(out: &mut Vec<u8>, b: &[u8]) {
-        // Keys and values are bounded by MAX_TXN_BYTES (< 4 GiB) in `validate`.
-        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-        out.extend_from_slice(b);
-    }
-    out.push(ENTRY_VERSION);
-    out.extend_from_slice(&time.0.to_be_bytes());
-    out.extend_from_slice(&(mutations.len() as u32).to_be_bytes());
-    for m in mutations {
-        match m {
-            Mutation::Put { key, value } => {
-                out.push(TAG_PUT);
-                bytes(out, key);
-                bytes(out, value);
-            }
-            Mutation::Delete { key } => {
-                out.push(TAG_DELETE);
-                bytes(out, key);
-            }
-            Mutation::DeleteRange { start, end } => {
-                out.push(TAG_DELETE_RANGE);
-                bytes(out, start);
-                bytes(out, end);
-            }
-        }
-    }
-}
-
-fn decode_entry(mut input: &[u8]) -> std::result::Result<(CommitTime, Vec<Mutation>), String> {
-    fn take<'a>(input: &mut &'a [u8], n: usize) -> std::result::Result<&'a [u8], String> {
-        if input.len() < n {
-            return Err(format!(
-                "truncated entry: needed {n} more bytes, {} left",
-                input.len()
-            ));
-        }
-        let (head, rest) = input.split_at(n);
-        *input = rest;
-        Ok(head)
-    }
-    fn u32_be(input: &mut &[u8]) -> std::result::Result<u32, String> {
-        let b = take(input, 4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn bytes(input: &mut &[u8]) -> std::result::Result<Vec<u8>, String> {
-        let len = u32_be(input)? as usize;
-        Ok(take(input, len)?.to_vec())
-    }
-
-    let version = take(&mut input, 1)?[0];
-    if version != ENTRY_VERSION {
-        return Err(format!("unknown entry version {version}"));
-    }
-    let mut time = [0u8; 8];
-    time.copy_from_slice(take(&mut input, 8)?);
-    let count = u32_be(&mut input)? as usize;
-    // Every mutation takes at least 5 bytes: do not trust `count` for the allocation.
-    let mut mutations = Vec::with_capacity(count.min(input.len() / 5));
-    for _ in 0..count {
-        let tag = take(&mut input, 1)?[0];
-        mutations.push(match tag {
-            TAG_PUT => Mutation::Put {
-                key: bytes(&mut input)?,
-                value: bytes(&mut input)?,
-            },
-            TAG_DELETE => Mutation::Delete {
-                key: bytes(&mut input)?,
-            },
-            TAG_DELETE_RANGE => Mutation::DeleteRange {
-                start: bytes(&mut input)?,
-                end: bytes(&mut input)?,
-            },
-            other => return Err(format!("unknown mutation tag {other}")),
-        });
-    }
-    if !input.is_empty() {
-        return Err(format!("{} trailing bytes after the entry", input.len()));
-    }
-    Ok((CommitTime(u64::from_be_bytes(time)), mutations))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1051,14 +958,14 @@ mod tests {
             },
         ];
         let mut buf = Vec::new();
-        encode_entry(&mut buf, CommitTime(42), &mutations);
-        assert_eq!(decode_entry(&buf), Ok((CommitTime(42), mutations)));
+        record::encode_into(&mut buf, CommitTime(42), &mutations);
+        assert_eq!(record::decode(&buf), Ok((CommitTime(42), mutations)));
     }
 
     #[test]
     fn damaged_entries_are_errors() {
         let mut buf = Vec::new();
-        encode_entry(
+        record::encode_into(
             &mut buf,
             CommitTime(1),
             &[Mutation::Put {
@@ -1067,17 +974,17 @@ mod tests {
             }],
         );
         for cut in 0..buf.len() {
-            assert!(decode_entry(&buf[..cut]).is_err(), "cut at {cut}");
+            assert!(record::decode(&buf[..cut]).is_err(), "cut at {cut}");
         }
         let mut trailing = buf.clone();
         trailing.push(0);
-        assert!(decode_entry(&trailing).is_err());
+        assert!(record::decode(&trailing).is_err());
         let mut huge_count = buf.clone();
         huge_count[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(decode_entry(&huge_count).is_err());
+        assert!(record::decode(&huge_count).is_err());
         let mut bad_tag = buf;
         bad_tag[13] = 9;
-        assert!(decode_entry(&bad_tag).is_err());
+        assert!(record::decode(&bad_tag).is_err());
     }
 
     fn first_stored(engine: &EmbeddedEngine) -> Option<u64> {

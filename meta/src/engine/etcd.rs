@@ -53,6 +53,7 @@ use mirrorfs_api::Revision;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::record;
 use super::{
     ChangeEntry, ChangeStream, Commit, CommitTime, Compare, Engine, EngineError, Head, KeyValue,
     Mutation, Result, Snapshot, Txn, TxnOutcome,
@@ -469,7 +470,7 @@ impl Shared {
             return Ok((Revision(0), CommitTime(0), at));
         };
         let revision = self.revision(kv.mod_revision());
-        let (time, _) = decode_record(kv.value())
+        let (time, _) = record::decode(kv.value())
             .map_err(|d| self.corrupt(format_args!("commit record at revision {revision}"), d))?;
         Ok((revision, time, at))
     }
@@ -477,7 +478,7 @@ impl Shared {
     /// Checks `txn` against the configured etcd limits and builds the etcd transaction.
     fn build(&self, txn: &Txn, time: CommitTime, after: i64) -> Result<EtcdTxn> {
         let ops = net_effect(&txn.mutations);
-        let record = encode_record(time, &txn.mutations);
+        let record = record::encode(time, &txn.mutations);
         let n_ops = ops.len() + 1;
         let limit = self.options.max_txn_ops;
         if n_ops > limit || txn.compares.len() + 1 > limit {
@@ -645,7 +646,7 @@ impl Engine for EtcdEngine {
                         if let TxnOpResponse::Get(get) = op
                             && let Some(kv) = get.kvs().first()
                         {
-                            let (t, _) = decode_record(kv.value())
+                            let (t, _) = record::decode(kv.value())
                                 .map_err(|d| s.corrupt("the latest commit record", d))?;
                             s.saw_commit(kv.mod_revision(), t);
                         }
@@ -756,7 +757,7 @@ impl Engine for EtcdEngine {
                             ),
                         ))
                     } else {
-                        decode_record(kv.value())
+                        record::decode(kv.value())
                             .map_err(|d| {
                                 s.corrupt(format_args!("changelog revision {revision}"), d)
                             })
@@ -917,100 +918,6 @@ fn net_effect(mutations: &[Mutation]) -> Vec<NetOp> {
     out
 }
 
-// ---------------------------------------------------------------------------------------------
-// Commit record encoding:
-//   record   := version:u8 (=1) time:u64 count:u32 mutation*count
-//   mutation := 1 key value | 2 key | 3 start end        (tag:u8)
-//   bytes    := len:u32 data
-// Integers are big-endian.
-
-const RECORD_VERSION: u8 = 1;
-const TAG_PUT: u8 = 1;
-const TAG_DELETE: u8 = 2;
-const TAG_DELETE_RANGE: u8 = 3;
-
-fn encode_record(time: CommitTime, mutations: &[Mutation]) -> Vec<u8> {
-    fn bytes(out: &mut Vec<u8>, b: &[u8]) {
-        // etcd requests are far below 4 GiB.
-        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-        out.extend_from_slice(b);
-    }
-    let mut out = Vec::new();
-    out.push(RECORD_VERSION);
-    out.extend_from_slice(&time.0.to_be_bytes());
-    out.extend_from_slice(&(mutations.len() as u32).to_be_bytes());
-    for m in mutations {
-        match m {
-            Mutation::Put { key, value } => {
-                out.push(TAG_PUT);
-                bytes(&mut out, key);
-                bytes(&mut out, value);
-            }
-            Mutation::Delete { key } => {
-                out.push(TAG_DELETE);
-                bytes(&mut out, key);
-            }
-            Mutation::DeleteRange { start, end } => {
-                out.push(TAG_DELETE_RANGE);
-                bytes(&mut out, start);
-                bytes(&mut out, end);
-            }
-        }
-    }
-    out
-}
-
-fn decode_record(mut raw: &[u8]) -> std::result::Result<(CommitTime, Vec<Mutation>), String> {
-    fn take<'a>(raw: &mut &'a [u8], n: usize) -> std::result::Result<&'a [u8], String> {
-        if raw.len() < n {
-            return Err(format!(
-                "the record is truncated ({} bytes left, {n} needed)",
-                raw.len()
-            ));
-        }
-        let (head, rest) = raw.split_at(n);
-        *raw = rest;
-        Ok(head)
-    }
-    fn u32_(raw: &mut &[u8]) -> std::result::Result<u32, String> {
-        let b = take(raw, 4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn bytes(raw: &mut &[u8]) -> std::result::Result<Vec<u8>, String> {
-        let n = u32_(raw)? as usize;
-        Ok(take(raw, n)?.to_vec())
-    }
-    let version = take(&mut raw, 1)?[0];
-    if version != RECORD_VERSION {
-        return Err(format!("unknown commit record version {version}"));
-    }
-    let t = take(&mut raw, 8)?;
-    let time = CommitTime(u64::from_be_bytes(t.try_into().map_err(|_| "bad time")?));
-    let count = u32_(&mut raw)?;
-    let mut mutations = Vec::with_capacity((count as usize).min(raw.len()));
-    for _ in 0..count {
-        let tag = take(&mut raw, 1)?[0];
-        mutations.push(match tag {
-            TAG_PUT => Mutation::Put {
-                key: bytes(&mut raw)?,
-                value: bytes(&mut raw)?,
-            },
-            TAG_DELETE => Mutation::Delete {
-                key: bytes(&mut raw)?,
-            },
-            TAG_DELETE_RANGE => Mutation::DeleteRange {
-                start: bytes(&mut raw)?,
-                end: bytes(&mut raw)?,
-            },
-            other => return Err(format!("unknown mutation tag {other}")),
-        });
-    }
-    if !raw.is_empty() {
-        return Err(format!("{} trailing bytes after the mutations", raw.len()));
-    }
-    Ok((time, mutations))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1032,9 +939,9 @@ mod tests {
                 end: vec![0xff],
             },
         ];
-        let raw = encode_record(CommitTime(42), &m);
-        assert_eq!(decode_record(&raw), Ok((CommitTime(42), m)));
-        assert!(decode_record(&raw[..raw.len() - 1]).is_err());
+        let raw = record::encode(CommitTime(42), &m);
+        assert_eq!(record::decode(&raw), Ok((CommitTime(42), m)));
+        assert!(record::decode(&raw[..raw.len() - 1]).is_err());
     }
 
     #[test]
