@@ -1,6 +1,7 @@
 //! The mirrorfs wire types: the gRPC code generated from `proto/` and the domain newtypes that
 //! the other crates pass around instead of bare integers.
 
+pub mod client;
 mod errors;
 mod types;
 

@@ -152,6 +152,14 @@ impl CommitTime {
         CommitTime(u64::try_from(ms).unwrap_or(u64::MAX))
     }
 
+    /// The wire's timestamp of this time.
+    pub fn to_timestamp(self) -> mirrorfs_api::meta::Timestamp {
+        mirrorfs_api::meta::Timestamp {
+            seconds: i64::try_from(self.0 / 1000).unwrap_or(i64::MAX),
+            nanos: u32::try_from(self.0 % 1000).unwrap_or(0) * 1_000_000,
+        }
+    }
+
     pub fn as_system_time(self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.0)
     }

@@ -32,7 +32,9 @@ use tokio::sync::watch;
 
 use crate::engine::Engine;
 use crate::error::MetaError;
+use crate::fs::FsMeta;
 use crate::metrics::MirrorMetrics;
+use crate::replication::Replication;
 
 pub use error::{FollowError, InvalidEntry};
 pub use status::lag;
@@ -104,6 +106,12 @@ pub async fn start(
         config,
     });
     shared.publish_metrics();
+    let replication = Replication::new(
+        shared.engine.clone(),
+        FsMeta::open_mirror(shared.engine.clone()).await?,
+        shared.metrics.replication.clone(),
+    );
+    replication.spawn(shutdown.clone());
     let driver = state::Driver::new(shared.clone(), pos);
     tokio::spawn(stop_on(shutdown.clone(), shared.clone(), driver.run()));
     if let Some(every) = shared.config.check_interval {
@@ -113,7 +121,10 @@ pub async fn start(
             check::periodic(shared.clone(), every),
         ));
     }
-    Ok(FollowerHandle { shared })
+    Ok(FollowerHandle {
+        shared,
+        replication,
+    })
 }
 
 /// Runs `work` until `shutdown` becomes true; then drops it wherever it is, like a kill. Every
@@ -167,6 +178,7 @@ impl Shared {
 #[derive(Clone)]
 pub struct FollowerHandle {
     shared: Arc<Shared>,
+    replication: Arc<Replication>,
 }
 
 impl FollowerHandle {
@@ -174,6 +186,11 @@ impl FollowerHandle {
     pub fn status(&self) -> MirrorStatus {
         let now = crate::engine::CommitTime::now();
         self.shared.status().to_wire(now)
+    }
+
+    /// The queue of blocks to copy into this mirror's buckets.
+    pub fn replication(&self) -> &Arc<Replication> {
+        &self.replication
     }
 
     /// The applied source revision, updated after every local commit.

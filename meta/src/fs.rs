@@ -265,6 +265,7 @@ fn volume_info(rec: &records::Volume, t: &Totals) -> VolumeInfo {
         used_bytes: t.bytes(),
         used_inodes: t.inodes(),
         source_volume: String::new(),
+        source_storage: None,
     }
 }
 
@@ -668,6 +669,9 @@ impl FsMeta {
 
     /// The stored storage configuration of a volume.
     pub async fn volume_info(&self, vol: &Volume) -> Result<VolumeInfo> {
+        if self.is_mirror() {
+            return self.mirror_volume_info(&vol.name).await;
+        }
         let (_, rec) = self.volume_record(vol).await?;
         let t = usage::totals(self.engine.as_ref(), vol.id).await?;
         Ok(volume_info(&rec, &t))

@@ -10,6 +10,7 @@ pub mod fs;
 pub mod http;
 pub mod keyspace;
 pub mod metrics;
+pub mod replication;
 pub mod service;
 
 pub use engine::{Engine, EngineError};

@@ -96,6 +96,8 @@ pub struct MirrorMetrics {
     pub apply_batch_entries: Histogram,
     /// Sections found different by the last difference check.
     pub check_divergences: Gauge,
+    /// The replication queue (`mirrorfs_replication_*`).
+    pub replication: ReplicationMetrics,
 }
 
 impl MirrorMetrics {
@@ -148,6 +150,7 @@ impl MirrorMetrics {
             "Sections that differed from the source at the last difference check",
             m.check_divergences.clone(),
         );
+        m.replication.register(registry);
         m
     }
 
@@ -163,6 +166,39 @@ impl MirrorMetrics {
             applied_transactions_total: Counter::default(),
             apply_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
             check_divergences: Gauge::default(),
+            replication: ReplicationMetrics::default(),
         }
+    }
+}
+
+/// A mirror cluster's replication queue.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicationMetrics {
+    /// Copy tasks queued by the enqueuer (new blocks and full syncs).
+    pub enqueued_total: Counter,
+    /// Priority copies asked for by readers that fell back to the source bucket.
+    pub repairs_total: Counter,
+    pub completed_total: Counter,
+    pub failed_total: Counter,
+    /// Leases that expired (the worker died or stalled) and went back to the queue.
+    pub expired_total: Counter,
+    pub bytes_copied_total: Counter,
+    /// Ready tasks (counted up to 100000).
+    pub ready: Gauge,
+    pub leased: Gauge,
+}
+
+impl ReplicationMetrics {
+    /// Registers the metrics under `mirrorfs_replication_*`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("mirrorfs_replication");
+        r.register("enqueued", "Copy tasks queued for new blocks and full syncs", self.enqueued_total.clone());
+        r.register("repairs", "Priority copies asked for by readers that fell back to the source bucket", self.repairs_total.clone());
+        r.register("completed", "Copy tasks acknowledged by workers", self.completed_total.clone());
+        r.register("failed", "Copy tasks that failed and were queued for a retry", self.failed_total.clone());
+        r.register("expired", "Leases that expired and went back to the queue", self.expired_total.clone());
+        r.register("copied_bytes", "Bytes copied into mirror buckets", self.bytes_copied_total.clone());
+        r.register("ready_tasks", "Tasks waiting for a worker", self.ready.clone());
+        r.register("leased_tasks", "Tasks leased by workers", self.leased.clone());
     }
 }

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod changelog;
 mod fs;
+mod replication;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::time::Instant;
 
 use mirrorfs_api::meta::{
     admin_server::AdminServer, changelog_server::ChangelogServer, fs_server::FsServer,
+    replication_server::ReplicationServer,
 };
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -23,8 +25,7 @@ use crate::follower::FollowerHandle;
 use crate::fs::FsMeta;
 use crate::metrics::MetaMetrics;
 
-/// Largest gRPC message accepted or sent (snapshots are chunked well below this).
-pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+pub use mirrorfs_api::client::MAX_MESSAGE_BYTES;
 
 /// What the service shares between its gRPC services.
 pub struct MetaState {
@@ -108,6 +109,8 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServer::from_arc(Arc::new(admin::AdminService(state.clone())));
+    let replication =
+        ReplicationServer::from_arc(Arc::new(replication::ReplicationService(state.clone())));
     let changelog = ChangelogServer::from_arc(Arc::new(changelog::ChangelogService {
         state,
         stop: stop_rx,
@@ -120,6 +123,7 @@ pub async fn run(
         .add_service(fs)
         .add_service(admin)
         .add_service(changelog)
+        .add_service(replication)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

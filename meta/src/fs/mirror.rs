@@ -3,7 +3,7 @@
 //! its own: a mirror volume (cluster-local, `l/mv/<name>`) exposes a source volume under its
 //! own name and token, so source tokens do not open mirror volumes and the reverse.
 
-use mirrorfs_api::meta::VolumeInfo;
+use mirrorfs_api::meta::{ReplicationTarget, VolumeInfo};
 use mirrorfs_api::records::{self, MirrorVolume, VolumeName};
 use mirrorfs_api::{Ino, Revision, VolumeId};
 
@@ -87,11 +87,13 @@ impl FsMeta {
                 new.name
             )));
         }
+        let storage = (!new.storage.bucket_url.is_empty()).then(|| new.storage.clone());
         let mv = MirrorVolume {
             name: new.name.clone(),
             source_volume: source_volume.to_owned(),
             token_hash: Vec::new(),
             created: Some(now()),
+            storage,
         };
         let (_, source) = self.exposed(&mv).await?;
         let token = random_hex(32);
@@ -114,36 +116,25 @@ impl FsMeta {
     }
 
     pub(super) async fn list_mirror_volumes(&self) -> Result<Vec<VolumeInfo>> {
-        let end = prefix_end(MIRROR_VOLUME);
-        let mut start = MIRROR_VOLUME.to_vec();
         let mut out = Vec::new();
-        loop {
-            let page = self.engine.range(&start, &end, 256).await?;
-            for kv in &page {
-                let mv: MirrorVolume = keys::decode(kv)?;
-                let info = match self.source_volume(&mv.source_volume).await? {
-                    Some((id, source)) => {
-                        let t = usage::totals(self.engine.as_ref(), id).await?;
-                        mirror_info(&mv, &source, &t)
-                    }
-                    // Listed even when the source volume is gone, so it can be deleted.
-                    None => VolumeInfo {
-                        name: mv.name.clone(),
-                        source_volume: mv.source_volume.clone(),
-                        created: mv.created,
-                        ..Default::default()
-                    },
-                };
-                out.push(info);
-            }
-            match page.last() {
-                Some(last) if page.len() == 256 => {
-                    start = last.key.clone();
-                    start.push(0);
+        for mv in self.mirror_volume_records().await? {
+            let info = match self.source_volume(&mv.source_volume).await? {
+                Some((id, source)) => {
+                    let t = usage::totals(self.engine.as_ref(), id).await?;
+                    mirror_info(&mv, &source, &t)
                 }
-                _ => return Ok(out),
-            }
+                // Listed even when the source volume is gone, so it can be deleted.
+                None => VolumeInfo {
+                    name: mv.name.clone(),
+                    source_volume: mv.source_volume.clone(),
+                    created: mv.created,
+                    storage: mv.storage.clone(),
+                    ..Default::default()
+                },
+            };
+            out.push(info);
         }
+        Ok(out)
     }
 
     pub(super) async fn delete_mirror_volume(&self, name: &str) -> Result<Revision> {
@@ -161,6 +152,68 @@ impl FsMeta {
                 volume: name.to_owned(),
                 attempts: 1,
             }),
+        }
+    }
+
+    /// A mirror volume's storage as a client opening it sees it.
+    pub(super) async fn mirror_volume_info(&self, name: &str) -> Result<VolumeInfo> {
+        let Some((_, mv)) = self.mirror_volume(name).await? else {
+            return Err(MetaError::NoVolume {
+                volume: name.to_owned(),
+            });
+        };
+        let (id, source) = self.exposed(&mv).await?;
+        let t = usage::totals(self.engine.as_ref(), id).await?;
+        Ok(mirror_info(&mv, &source, &t))
+    }
+
+    /// Where the blocks of each source volume exposed by a mirror volume with its own bucket
+    /// come from and go to (`only`: that source volume alone). Mirror volumes that share the
+    /// source bucket need no replication and are left out.
+    pub async fn replication_targets(&self, only: Option<VolumeId>) -> Result<Vec<ReplicationTarget>> {
+        let mut by_source: std::collections::BTreeMap<u64, ReplicationTarget> = Default::default();
+        for mv in self.mirror_volume_records().await? {
+            let Some(storage) = mv.storage.clone().filter(|s| !s.bucket_url.is_empty()) else {
+                continue;
+            };
+            let Some((id, source)) = self.source_volume(&mv.source_volume).await? else {
+                continue;
+            };
+            if only.is_some_and(|o| o != id) {
+                continue;
+            }
+            let t = by_source.entry(id.0).or_insert_with(|| ReplicationTarget {
+                source_volume_id: id.0,
+                source_volume: source.name.clone(),
+                source_storage: source.storage.clone(),
+                mirror_storage: Vec::new(),
+                mirror_volumes: Vec::new(),
+            });
+            if !t.mirror_storage.contains(&storage) {
+                t.mirror_storage.push(storage);
+            }
+            t.mirror_volumes.push(mv.name);
+        }
+        Ok(by_source.into_values().collect())
+    }
+
+    /// Every mirror volume record, in name order.
+    async fn mirror_volume_records(&self) -> Result<Vec<MirrorVolume>> {
+        let end = prefix_end(MIRROR_VOLUME);
+        let mut start = MIRROR_VOLUME.to_vec();
+        let mut out = Vec::new();
+        loop {
+            let page = self.engine.range(&start, &end, 256).await?;
+            for kv in &page {
+                out.push(keys::decode(kv)?);
+            }
+            match page.last() {
+                Some(last) if page.len() == 256 => {
+                    start = last.key.clone();
+                    start.push(0);
+                }
+                _ => return Ok(out),
+            }
         }
     }
 
@@ -194,12 +247,16 @@ impl FsMeta {
     }
 }
 
-/// A mirror volume as listed: the source volume's storage and usage under the mirror's name.
+/// A mirror volume as listed: the source volume's usage under the mirror's name; its storage is
+/// its own bucket, or the source bucket it shares.
 fn mirror_info(mv: &MirrorVolume, source: &records::Volume, t: &usage::Totals) -> VolumeInfo {
+    let own = mv.storage.clone().filter(|s| !s.bucket_url.is_empty());
     VolumeInfo {
         name: mv.name.clone(),
         source_volume: mv.source_volume.clone(),
         created: mv.created,
+        storage: own.or_else(|| source.storage.clone()),
+        source_storage: source.storage.clone(),
         ..volume_info(source, t)
     }
 }

@@ -15,10 +15,7 @@ pub struct AdminService(pub Arc<MetaState>);
 
 /// Converts a commit time to the wire's timestamp.
 pub(crate) fn timestamp(t: CommitTime) -> pb::Timestamp {
-    pb::Timestamp {
-        seconds: i64::try_from(t.0 / 1000).unwrap_or(i64::MAX),
-        nanos: u32::try_from(t.0 % 1000).unwrap_or(0) * 1_000_000,
-    }
+    t.to_timestamp()
 }
 
 #[tonic::async_trait]
@@ -99,6 +96,10 @@ impl Admin for AdminService {
                 volumes: s.fs.list_volumes().await?.len() as u64,
                 role: s.role().into(),
                 mirror: s.mirror.as_ref().map(|m| m.status()),
+                replication: match &s.mirror {
+                    Some(m) => Some(m.replication().status().await?),
+                    None => None,
+                },
             })
         })
         .await

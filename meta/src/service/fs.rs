@@ -102,6 +102,11 @@ impl Fs for FsService {
             Ok(pb::OpenVolumeReply {
                 volume_id: vol.id.0,
                 root_ino: vol.root.0,
+                source_storage: if st.fs.is_mirror() {
+                    info.source_storage
+                } else {
+                    info.storage.clone()
+                },
                 storage: info.storage,
                 read_only: st.fs.is_mirror(),
                 revision: st.read_revision().await?.0,
