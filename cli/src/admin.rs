@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use mirrorfs_api::meta::{
     CheckMirrorReply, CheckMirrorRequest, CreateVolumeRequest, DeleteVolumeRequest,
-    ListVolumesRequest, MirrorStatus, StatusRequest, StorageConfig, Timestamp,
+    ListVolumesRequest, MirrorStatus, ReplicationStatus, StatusRequest, StorageConfig, Timestamp,
 };
 use mirrorfs_meta::client;
 
@@ -37,6 +37,7 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
             name,
             conn,
             bucket,
+            bucket_opt,
             capacity_bytes,
             capacity_inodes,
             token_file,
@@ -55,7 +56,7 @@ pub async fn volume(cmd: VolumeCommand) -> anyhow::Result<()> {
                     name: name.clone(),
                     storage: Some(StorageConfig {
                         bucket_url: bucket,
-                        options: Default::default(),
+                        options: bucket_opt.into_iter().collect(),
                     }),
                     capacity_bytes,
                     capacity_inodes,
@@ -163,6 +164,7 @@ pub async fn status(conn: AdminConn, json: bool) -> anyhow::Result<()> {
             "last_commit_unix": last_commit, "uptime_seconds": s.uptime_seconds,
             "volumes": s.volumes, "version": s.version,
             "mirror": s.mirror.as_ref().map(mirror_json),
+            "replication": s.replication.as_ref().map(replication_json),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -212,7 +214,52 @@ pub async fn status(conn: AdminConn, json: bool) -> anyhow::Result<()> {
             println!("check      {}", check_summary(c));
         }
     }
+    if let Some(r) = &s.replication {
+        print_replication(r);
+    }
     Ok(())
+}
+
+fn print_replication(r: &ReplicationStatus) {
+    println!();
+    let about = if r.counted_exactly { "" } else { "at least " };
+    if r.replicated_volumes.is_empty() {
+        println!("replication  none (every mirror volume reads the source bucket)");
+        return;
+    }
+    println!(
+        "replication  into the own buckets of {}",
+        r.replicated_volumes.join(", ")
+    );
+    println!(
+        "backlog      {about}{} ready ({} retrying), {} leased, {} full sync(s) in progress",
+        r.ready, r.retrying, r.leased, r.full_syncs
+    );
+    if let Some(t) = &r.oldest_enqueued {
+        println!("oldest task  queued {}", rfc3339(t));
+    }
+    println!(
+        "done         {} copied or already there, {} failed, {} bytes copied (since this meta service started)",
+        r.completed_total, r.failed_total, r.bytes_copied_total
+    );
+    println!(
+        "enqueuer     at local revision {} ({} behind)",
+        r.enqueuer_revision, r.enqueuer_lag
+    );
+    if !r.last_error.is_empty() {
+        println!("last error   {}", r.last_error);
+    }
+}
+
+fn replication_json(r: &ReplicationStatus) -> serde_json::Value {
+    serde_json::json!({
+        "replicated_volumes": r.replicated_volumes, "ready": r.ready, "leased": r.leased,
+        "retrying": r.retrying, "full_syncs": r.full_syncs, "counted_exactly": r.counted_exactly,
+        "oldest_enqueued_unix": r.oldest_enqueued.map(|t| t.seconds),
+        "completed_total": r.completed_total, "failed_total": r.failed_total,
+        "bytes_copied_total": r.bytes_copied_total, "enqueuer_revision": r.enqueuer_revision,
+        "enqueuer_lag": r.enqueuer_lag, "last_error": r.last_error,
+    })
 }
 
 pub async fn check(conn: AdminConn, json: bool) -> anyhow::Result<()> {

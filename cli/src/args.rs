@@ -37,6 +37,9 @@ pub enum Command {
     /// Mirror operations (run against a mirror cluster's meta service).
     #[command(subcommand)]
     Mirror(MirrorCommand),
+    /// Copy blocks into a mirror cluster's buckets: lease tasks from its meta service, copy and
+    /// verify, acknowledge. Every instance adds throughput.
+    Replicate(crate::replicate::ReplicateArgs),
     /// Benchmarks that print their comparison, measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -161,9 +164,15 @@ pub enum VolumeCommand {
         #[command(flatten)]
         conn: AdminConn,
         /// Object store for the volume's blocks, e.g. file:///var/lib/mirrorfs/blocks or
-        /// s3://bucket/prefix.
+        /// s3://bucket/prefix. On a mirror cluster: the mirror region's own bucket, which
+        /// replication fills (omit it to read the source bucket directly).
         #[arg(long, default_value = "")]
         bucket: String,
+        /// A non-secret bucket option, KEY=VALUE (endpoint, region, path_style, allow_http);
+        /// repeat for several. Credentials never go here: workers and mounts read them from
+        /// their own environment or files.
+        #[arg(long = "bucket-opt", value_parser = key_value)]
+        bucket_opt: Vec<(String, String)>,
         /// Capacity reported by statfs and enforced on writes (0: unlimited).
         #[arg(long, default_value_t = 0)]
         capacity_bytes: u64,
@@ -209,7 +218,16 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Mirror(MirrorCommand::Check { conn, json }) => {
             crate::admin::check(conn, json).await
         }
+        Command::Replicate(a) => crate::replicate::run(a).await,
         Command::Bench(BenchCommand::Meta(a)) => crate::bench::meta(a).await,
         Command::Bench(BenchCommand::Mirror(a)) => crate::bench::mirror(a).await,
+    }
+}
+
+/// Parses `KEY=VALUE`.
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
     }
 }

@@ -6,6 +6,7 @@ mod args;
 mod bench;
 mod demo;
 mod local;
+mod replicate;
 mod serve;
 mod token;
 

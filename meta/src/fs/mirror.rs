@@ -170,7 +170,10 @@ impl FsMeta {
     /// Where the blocks of each source volume exposed by a mirror volume with its own bucket
     /// come from and go to (`only`: that source volume alone). Mirror volumes that share the
     /// source bucket need no replication and are left out.
-    pub async fn replication_targets(&self, only: Option<VolumeId>) -> Result<Vec<ReplicationTarget>> {
+    pub async fn replication_targets(
+        &self,
+        only: Option<VolumeId>,
+    ) -> Result<Vec<ReplicationTarget>> {
         let mut by_source: std::collections::BTreeMap<u64, ReplicationTarget> = Default::default();
         for mv in self.mirror_volume_records().await? {
             let Some(storage) = mv.storage.clone().filter(|s| !s.bucket_url.is_empty()) else {

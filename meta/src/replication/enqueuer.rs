@@ -23,7 +23,9 @@ use mirrorfs_api::{BlockId, Revision, VolumeId};
 
 use super::keys::{self, PRIORITY_NEW};
 use super::{Replication, now_ms};
-use crate::engine::{ChangeEntry, Compare, EngineError, KeyValue, Mutation, Txn, TxnOutcome, prefix_end};
+use crate::engine::{
+    ChangeEntry, Compare, EngineError, KeyValue, Mutation, Txn, TxnOutcome, prefix_end,
+};
 use crate::error::{MetaError, Result};
 use crate::fs::keys::{EXTENT, VOLUME_NAME, decode, encode};
 use crate::fs::mirror::MIRROR_VOLUME;
@@ -43,7 +45,10 @@ pub(super) async fn run(r: &Replication) {
     loop {
         let started = Instant::now();
         if let Err(e) = follow(r).await {
-            r.note_error("the enqueuer stopped; restarting from its stored position", &e);
+            r.note_error(
+                "the enqueuer stopped; restarting from its stored position",
+                &e,
+            );
         }
         if started.elapsed() > Duration::from_secs(60) {
             delay = Duration::from_millis(100);
@@ -135,7 +140,11 @@ impl Follow<'_> {
             return Ok(());
         };
         let mut writes = Vec::new();
-        if batch.iter().flat_map(|e| &e.mutations).any(changes_membership) {
+        if batch
+            .iter()
+            .flat_map(|e| &e.mutations)
+            .any(changes_membership)
+        {
             writes.extend(self.update_membership().await?);
         }
         let mut tasks = BTreeMap::new();
@@ -187,13 +196,26 @@ impl Follow<'_> {
         let now = replicated(self.r).await?;
         let mut writes = Vec::new();
         for vol in now.difference(&self.replicated) {
-            tracing::info!(volume_id = vol, "volume is now replicated: queueing a full sync");
-            writes.push(full_sync_marker(VolumeId(*vol), "a mirror volume got its own bucket"));
+            tracing::info!(
+                volume_id = vol,
+                "volume is now replicated: queueing a full sync"
+            );
+            writes.push(full_sync_marker(
+                VolumeId(*vol),
+                "a mirror volume got its own bucket",
+            ));
         }
         for vol in self.replicated.difference(&now) {
-            tracing::info!(volume_id = vol, "volume is no longer replicated: dropping its queue");
+            tracing::info!(
+                volume_id = vol,
+                "volume is no longer replicated: dropping its queue"
+            );
             let v = VolumeId(*vol);
-            for prefix in [keys::ready_volume(v), keys::leased_volume(v), keys::full_sync(v)] {
+            for prefix in [
+                keys::ready_volume(v),
+                keys::leased_volume(v),
+                keys::full_sync(v),
+            ] {
                 writes.push(Mutation::DeleteRange {
                     end: prefix_end(&prefix),
                     start: prefix,
@@ -268,7 +290,11 @@ impl Follow<'_> {
     /// the changes since the position cannot be read).
     async fn restart_at_head(&mut self, why: &str) -> Result<()> {
         let head = self.r.engine.head().await?.revision;
-        tracing::info!(revision = head.0, volumes = self.replicated.len(), "{why}: queueing a full sync of every replicated volume");
+        tracing::info!(
+            revision = head.0,
+            volumes = self.replicated.len(),
+            "{why}: queueing a full sync of every replicated volume"
+        );
         let writes = self
             .replicated
             .iter()
@@ -359,11 +385,9 @@ fn changes_membership(m: &Mutation) -> bool {
     let touches = |k: &[u8]| k.starts_with(MIRROR_VOLUME) || k.starts_with(VOLUME_NAME);
     match m {
         Mutation::Put { key, .. } | Mutation::Delete { key } => touches(key),
-        Mutation::DeleteRange { start, end } => {
-            [MIRROR_VOLUME, VOLUME_NAME].iter().any(|p| {
-                start.as_slice() < prefix_end(p).as_slice() && end.as_slice() > *p
-            })
-        }
+        Mutation::DeleteRange { start, end } => [MIRROR_VOLUME, VOLUME_NAME]
+            .iter()
+            .any(|p| start.as_slice() < prefix_end(p).as_slice() && end.as_slice() > *p),
     }
 }
 

@@ -118,8 +118,12 @@ mod tests {
             (p.vol, p.priority, p.not_before_ms, p.block.as_str()),
             (VolumeId(7), 2, 99, "v1/ab/0123")
         );
-        assert!(ready(VolumeId(7), PRIORITY_REPAIR, 0, &b) < ready(VolumeId(7), PRIORITY_NEW, 0, &b));
-        assert!(ready(VolumeId(7), PRIORITY_RETRY, 5, &b) < ready(VolumeId(7), PRIORITY_RETRY, 6, &b));
+        assert!(
+            ready(VolumeId(7), PRIORITY_REPAIR, 0, &b) < ready(VolumeId(7), PRIORITY_NEW, 0, &b)
+        );
+        assert!(
+            ready(VolumeId(7), PRIORITY_RETRY, 5, &b) < ready(VolumeId(7), PRIORITY_RETRY, 6, &b)
+        );
         assert!(k.starts_with(&ready_volume(VolumeId(7))));
         assert_eq!(
             parse_leased(&leased(VolumeId(3), &b)).map(|(v, b)| (v, b.as_str().to_owned())),

@@ -39,7 +39,11 @@ impl Replication {
         wait: Duration,
     ) -> Result<Vec<LeasedTask>> {
         let max = max.clamp(1, MAX_TASKS);
-        let lease = if lease.is_zero() { DEFAULT_LEASE } else { lease };
+        let lease = if lease.is_zero() {
+            DEFAULT_LEASE
+        } else {
+            lease
+        };
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         loop {
             // Registered before looking, so a task queued meanwhile is not missed.
@@ -77,10 +81,9 @@ impl Replication {
                 match keys::parse_ready(&kv.key) {
                     Some(k) if k.not_before_ms > now => break,
                     Some(_) => candidates.push(kv),
-                    None => self.note_error(
-                        "skipping a damaged ready task key",
-                        &kv.key.escape_ascii(),
-                    ),
+                    None => {
+                        self.note_error("skipping a damaged ready task key", &kv.key.escape_ascii())
+                    }
                 }
             }
         }
@@ -186,7 +189,10 @@ impl Replication {
                 let due = now_ms() + retry_delay(task.attempts).as_millis() as u64;
                 txn = txn.put(keys::ready(vol, PRIORITY_RETRY, due, &block), encode(&task));
                 self.note_error(
-                    &format!("worker {worker:?} failed to copy block {block} of volume id {}", vol.0),
+                    &format!(
+                        "worker {worker:?} failed to copy block {block} of volume id {}",
+                        vol.0
+                    ),
                     &r.error,
                 );
             }
@@ -194,7 +200,8 @@ impl Replication {
                 TxnOutcome::Committed(_) if r.ok => {
                     acked += 1;
                     self.completed.fetch_add(1, Ordering::Relaxed);
-                    self.bytes_copied.fetch_add(r.bytes_copied, Ordering::Relaxed);
+                    self.bytes_copied
+                        .fetch_add(r.bytes_copied, Ordering::Relaxed);
                     self.metrics.completed_total.inc();
                     self.metrics.bytes_copied_total.inc_by(r.bytes_copied);
                 }
@@ -290,7 +297,10 @@ pub(super) async fn keep(r: &Replication) {
         match r.expire_leases().await {
             Ok(0) => {}
             Ok(n) => {
-                tracing::info!(tasks = n, "replication leases expired; the tasks are queued again");
+                tracing::info!(
+                    tasks = n,
+                    "replication leases expired; the tasks are queued again"
+                );
                 r.ready.notify_waiters();
             }
             Err(e) => r.note_error("expiring leases", &e),

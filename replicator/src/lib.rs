@@ -1,0 +1,5 @@
+//! Replication of blocks between buckets: the workers that drain a mirror cluster's copy queue
+//! ([`worker`]), and bucket-level sync and reconciliation.
+
+pub mod repair;
+pub mod worker;
