@@ -192,13 +192,45 @@ impl ReplicationMetrics {
     /// Registers the metrics under `mirrorfs_replication_*`.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("mirrorfs_replication");
-        r.register("enqueued", "Copy tasks queued for new blocks and full syncs", self.enqueued_total.clone());
-        r.register("repairs", "Priority copies asked for by readers that fell back to the source bucket", self.repairs_total.clone());
-        r.register("completed", "Copy tasks acknowledged by workers", self.completed_total.clone());
-        r.register("failed", "Copy tasks that failed and were queued for a retry", self.failed_total.clone());
-        r.register("expired", "Leases that expired and went back to the queue", self.expired_total.clone());
-        r.register("copied_bytes", "Bytes copied into mirror buckets", self.bytes_copied_total.clone());
-        r.register("ready_tasks", "Tasks waiting for a worker", self.ready.clone());
-        r.register("leased_tasks", "Tasks leased by workers", self.leased.clone());
+        r.register(
+            "enqueued",
+            "Copy tasks queued for new blocks and full syncs",
+            self.enqueued_total.clone(),
+        );
+        r.register(
+            "repairs",
+            "Priority copies asked for by readers that fell back to the source bucket",
+            self.repairs_total.clone(),
+        );
+        r.register(
+            "completed",
+            "Copy tasks acknowledged by workers",
+            self.completed_total.clone(),
+        );
+        r.register(
+            "failed",
+            "Copy tasks that failed and were queued for a retry",
+            self.failed_total.clone(),
+        );
+        r.register(
+            "expired",
+            "Leases that expired and went back to the queue",
+            self.expired_total.clone(),
+        );
+        r.register(
+            "copied_bytes",
+            "Bytes copied into mirror buckets",
+            self.bytes_copied_total.clone(),
+        );
+        r.register(
+            "ready_tasks",
+            "Tasks waiting for a worker",
+            self.ready.clone(),
+        );
+        r.register(
+            "leased_tasks",
+            "Tasks leased by workers",
+            self.leased.clone(),
+        );
     }
 }
