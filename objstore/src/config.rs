@@ -124,7 +124,8 @@ pub const KNOWN_OPTIONS: &[(&str, &str)] = &[
     ("timeout", "s3: whole-request timeout (default 60s)"),
 ];
 
-/// How to open a bucket: its URL, non-secret options and optional credentials.
+/// How to open a bucket: its URL, non-secret options and optional credentials (used by S3
+/// buckets, ignored by the others).
 ///
 /// URLs: `file:///abs/dir` (a local directory, the default backend; a bare path is accepted
 /// too), `s3://bucket/prefix` (AWS S3 or any S3-compatible server with `endpoint`),
@@ -236,12 +237,8 @@ impl BucketConfig {
                 _ => {}
             }
         }
-        if self.credentials.is_some() && !matches!(loc, Location::S3 { .. }) {
-            return Err(ObjError::Invalid(format!(
-                "credentials were given for bucket {}, which takes none",
-                self.display()
-            )));
-        }
+        // Credentials given for a bucket that takes none (a directory) are ignored: callers
+        // pass the same environment credentials to every bucket of a kind.
         Ok(())
     }
 

@@ -137,9 +137,23 @@ impl ObjError {
             _ if io_kind(&e) == Some(std::io::ErrorKind::PermissionDenied) => {
                 ObjError::Denied { bucket, detail }
             }
+            // A 4xx answer (other than timeout and throttling) is the server refusing this
+            // request: retrying will not help. object_store keeps the status private, so read
+            // it from the message.
+            _ if http_status(&detail)
+                .is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429) =>
+            {
+                ObjError::Other { bucket, detail }
+            }
             _ => ObjError::Unavailable { bucket, detail },
         }
     }
+}
+
+/// The HTTP status in an `object_store` error message ("... status code: 400 Bad Request").
+fn http_status(detail: &str) -> Option<u16> {
+    let (_, rest) = detail.split_once("status code: ")?;
+    rest.get(..3)?.parse().ok()
 }
 
 /// The error and its sources, each added once.
