@@ -111,6 +111,10 @@ pub struct ServeArgs {
     /// 0s disables the periodic check; `mirrorfs mirror check` runs it on demand).
     #[arg(long, env = "MIRRORFS_MIRROR_CHECK_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub mirror_check_interval: std::time::Duration,
+    /// With --mirror-of: how often every block of the replicated volumes is checked in both
+    /// buckets and copied whichever way is missing (e.g. 7d; 0s disables it).
+    #[arg(long, env = "MIRRORFS_RECONCILE_INTERVAL", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub reconcile_interval: std::time::Duration,
 }
 
 /// How to use an etcd cluster (with `--engine etcd://...`).

@@ -102,6 +102,8 @@ fn mirror_config(
     };
     let mut config = FollowerConfig::new(source, token::read(token_file)?);
     config.check_interval = (!a.mirror_check_interval.is_zero()).then_some(a.mirror_check_interval);
+    config.replication.reconcile_every =
+        (!a.reconcile_interval.is_zero()).then_some(a.reconcile_interval);
     config.metrics = Some(Arc::new(MirrorMetrics::register(registry)));
     Ok(config)
 }

@@ -34,7 +34,7 @@ use crate::engine::Engine;
 use crate::error::MetaError;
 use crate::fs::FsMeta;
 use crate::metrics::MirrorMetrics;
-use crate::replication::Replication;
+use crate::replication::{Replication, ReplicationConfig};
 
 pub use error::{FollowError, InvalidEntry};
 pub use status::lag;
@@ -60,6 +60,8 @@ pub struct FollowerConfig {
     pub check_wait: Duration,
     /// Where to export `mirrorfs_mirror_*` metrics (`None`: not exported).
     pub metrics: Option<Arc<MirrorMetrics>>,
+    /// The block replication queue of this mirror cluster.
+    pub replication: ReplicationConfig,
 }
 
 impl FollowerConfig {
@@ -74,6 +76,7 @@ impl FollowerConfig {
             check_interval: None,
             check_wait: Duration::from_secs(60),
             metrics: None,
+            replication: ReplicationConfig::default(),
         }
     }
 }
@@ -110,6 +113,7 @@ pub async fn start(
         shared.engine.clone(),
         FsMeta::open_mirror(shared.engine.clone()).await?,
         shared.metrics.replication.clone(),
+        shared.config.replication.clone(),
     );
     replication.spawn(shutdown.clone());
     let driver = state::Driver::new(shared.clone(), pos);

@@ -33,8 +33,25 @@ use crate::metrics::ReplicationMetrics;
 
 pub use queue::{DEFAULT_LEASE, MAX_WAIT};
 
+/// How a mirror cluster's replication queue runs.
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    /// Queue a reconciliation of every replicated volume this often (every block checked in
+    /// both buckets and copied whichever way is missing); `None` disables it.
+    pub reconcile_every: Option<Duration>,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            reconcile_every: Some(Duration::from_secs(7 * 24 * 3600)),
+        }
+    }
+}
+
 /// The replication queue of one mirror cluster. Cheap to share.
 pub struct Replication {
+    config: ReplicationConfig,
     engine: Arc<dyn Engine>,
     fs: FsMeta,
     /// Woken when tasks become ready.
@@ -49,8 +66,14 @@ pub struct Replication {
 }
 
 impl Replication {
-    pub fn new(engine: Arc<dyn Engine>, fs: FsMeta, metrics: ReplicationMetrics) -> Arc<Self> {
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        fs: FsMeta,
+        metrics: ReplicationMetrics,
+        config: ReplicationConfig,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            config,
             engine,
             fs,
             ready: Notify::new(),

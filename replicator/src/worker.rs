@@ -276,8 +276,10 @@ impl Worker {
         };
         let mut bytes = 0;
         for mirror in &target.mirrors {
-            // A repair was asked for by a reader that found a bad copy: verify what is there.
-            let outcome = if t.priority == 0 {
+            let outcome = if t.reconcile {
+                reconcile(&target.source, mirror, &block).await?
+            } else if t.priority == 0 {
+                // A reader found a bad copy: verify what is there and replace it if bad.
                 mirror.repair_block_from(&target.source, &block).await?
             } else {
                 mirror.copy_block_from(&target.source, &block).await?
@@ -345,6 +347,28 @@ impl Worker {
             mirrors,
             fetched: Instant::now(),
         })
+    }
+}
+
+/// One block of a reconciliation: present in both buckets with its size, or copied into the one
+/// that lacks it (a block lost from the source bucket is restored from the mirror's, verified).
+async fn reconcile(
+    source: &Bucket,
+    mirror: &Bucket,
+    b: &BlockInfo,
+) -> Result<CopyOutcome, ObjError> {
+    let (in_source, in_mirror) = (
+        source.head_block(&b.id).await?,
+        mirror.head_block(&b.id).await?,
+    );
+    match (in_source, in_mirror) {
+        (Some(s), Some(m)) if s == b.size && m == b.size => Ok(CopyOutcome::AlreadyThere),
+        (Some(_), _) => mirror.copy_block_from(source, b).await,
+        (None, _) => {
+            let restored = source.copy_block_from(mirror, b).await?;
+            tracing::warn!(block = %b.id, source = %source.display(), mirror = %mirror.display(), "the block was missing from the source bucket: restored from the mirror's copy");
+            Ok(restored)
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,10 +25,12 @@ use mirrorfs_meta::fs::{FsMeta, NewVolume, Owner, Volume};
 use mirrorfs_meta::metrics::MetaMetrics;
 use mirrorfs_meta::service::{AdminToken, MetaState};
 use mirrorfs_objstore::{
-    BlockInfo, Bucket, BucketConfig, ObjMetrics, ReadSource, RegionReader, new_block_id,
+    BlockInfo, Bucket, BucketConfig, Credentials, ObjMetrics, ReadSource, RegionReader,
+    new_block_id,
 };
 use mirrorfs_replicator::repair::QueueRepairs;
 use mirrorfs_replicator::worker::{Worker, WorkerConfig};
+use mirrorfs_testkit::S3Server;
 use prometheus_client::registry::Registry;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -81,6 +83,8 @@ fn state(fs: FsMeta, mirror: Option<FollowerHandle>) -> MetaState {
 
 /// A source region and a mirror region on this machine, with local-directory buckets.
 struct Regions {
+    backend: Backend,
+    s3: Option<S3Server>,
     dir: TempDir,
     source_fs: FsMeta,
     source: Served,
@@ -93,30 +97,98 @@ struct Regions {
     mirror_bucket: Bucket,
 }
 
-fn bucket_url(path: &std::path::Path) -> String {
-    format!("file://{}", path.display())
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Local,
+    S3,
 }
 
+/// Bucket `which` ("source" or "mirror") as a volume's storage configuration.
+fn storage(backend: Backend, s3: Option<&S3Server>, dir: &Path, which: &str) -> StorageConfig {
+    match (backend, s3) {
+        (Backend::S3, Some(s3)) => StorageConfig {
+            bucket_url: format!("s3://{which}/blocks"),
+            options: [("endpoint".to_string(), s3.endpoint.clone())].into(),
+        },
+        _ => StorageConfig {
+            bucket_url: format!("file://{}", dir.join(which).display()),
+            options: Default::default(),
+        },
+    }
+}
+
+fn credentials(s3: Option<&S3Server>) -> Option<Credentials> {
+    s3.map(|s3| Credentials::new(&s3.access_key, &s3.secret_key))
+}
+
+/// Runs a test body over a local-directory backend and over a real S3 server.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local() {
+                super::$name(super::Backend::Local).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn s3() {
+                super::$name(super::Backend::S3).await
+            }
+        }
+    )*};
+}
+
+both_backends!(
+    blocks_written_in_the_source_reach_the_mirror_bucket_verified,
+    a_full_sync_copies_blocks_written_before_the_mirror_volume_had_its_bucket,
+    a_killed_workers_tasks_run_again_after_the_lease_expires,
+    a_failed_copy_is_retried_with_its_error_until_it_succeeds,
+    a_reader_falls_back_and_its_repair_replaces_a_corrupt_copy,
+    a_volume_token_reaches_only_its_volumes_tasks,
+    queued_tasks_survive_a_restart_of_the_mirror_and_deleting_the_mirror_volume_drops_them,
+    a_periodic_reconciliation_restores_blocks_missing_from_either_bucket,
+);
+
 impl Regions {
-    async fn start() -> Regions {
+    async fn start(backend: Backend) -> Regions {
         let dir = tempfile::tempdir().unwrap();
-        Self::start_with(dir, Arc::new(MemoryEngine::new())).await
+        Self::start_full(backend, dir, Arc::new(MemoryEngine::new()), None).await
     }
 
-    async fn start_with(dir: TempDir, mirror_engine: Arc<dyn Engine>) -> Regions {
+    async fn start_full(
+        backend: Backend,
+        dir: TempDir,
+        mirror_engine: Arc<dyn Engine>,
+        reconcile_every: Option<Duration>,
+    ) -> Regions {
         for d in ["source", "mirror"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
+        let s3 = match backend {
+            Backend::Local => None,
+            Backend::S3 => {
+                let s3 = S3Server::start(&dir.path().join("s3")).await.unwrap();
+                for b in ["source", "mirror"] {
+                    s3.create_bucket(b).unwrap();
+                }
+                Some(s3)
+            }
+        };
         let source_fs = FsMeta::open(Arc::new(MemoryEngine::new())).await.unwrap();
         let source = serve(state(source_fs.clone(), None)).await;
-        let (follower, follower_stop) = follow(&source.url, mirror_engine.clone()).await;
+        let (follower, follower_stop) =
+            follow_with(&source.url, mirror_engine.clone(), reconcile_every).await;
         let mirror_fs = FsMeta::open_mirror(mirror_engine.clone()).await.unwrap();
         let mirror = serve(state(mirror_fs.clone(), Some(follower.clone()))).await;
-        let open =
-            |d: &str| Bucket::open(&BucketConfig::new(bucket_url(&dir.path().join(d)))).unwrap();
+        let open = |d: &str| {
+            let storage = storage(backend, s3.as_ref(), dir.path(), d);
+            let cfg = BucketConfig::from_storage(&storage, credentials(s3.as_ref())).unwrap();
+            Bucket::open(&cfg).unwrap()
+        };
         Regions {
             source_bucket: open("source"),
             mirror_bucket: open("mirror"),
+            backend,
+            s3,
             dir,
             source_fs,
             source,
@@ -128,8 +200,16 @@ impl Regions {
         }
     }
 
-    fn path(&self, d: &str) -> PathBuf {
-        self.dir.path().join(d)
+    fn storage(&self, which: &str) -> StorageConfig {
+        storage(self.backend, self.s3.as_ref(), self.dir.path(), which)
+    }
+
+    /// The file on disk that holds block `id` of bucket `which`.
+    fn block_file(&self, which: &str, id: &str) -> PathBuf {
+        match &self.s3 {
+            None => self.dir.path().join(which).join(id),
+            Some(s3) => s3.object_path(which, &format!("blocks/{id}")),
+        }
     }
 
     /// Creates a source volume whose blocks live in the source bucket.
@@ -138,10 +218,7 @@ impl Regions {
             .source_fs
             .create_volume(NewVolume {
                 name: name.into(),
-                storage: StorageConfig {
-                    bucket_url: bucket_url(&self.path("source")),
-                    options: Default::default(),
-                },
+                storage: self.storage("source"),
                 ..Default::default()
             })
             .await
@@ -154,10 +231,7 @@ impl Regions {
     async fn mirror_volume(&self, name: &str, source: &str, own_bucket: bool) -> String {
         let deadline = Instant::now() + WAIT;
         let storage = if own_bucket {
-            StorageConfig {
-                bucket_url: bucket_url(&self.path("mirror")),
-                options: Default::default(),
-            }
+            self.storage("mirror")
         } else {
             StorageConfig::default()
         };
@@ -228,9 +302,11 @@ impl Regions {
     /// Starts a worker over gRPC; it stops when the returned sender is dropped or set.
     async fn worker(
         &self,
-        config: WorkerConfig,
+        mut config: WorkerConfig,
         token: &str,
     ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        config.source_credentials = credentials(self.s3.as_ref());
+        config.mirror_credentials = credentials(self.s3.as_ref());
         let worker = Worker::new(self.client(token).await, config);
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(async move { worker.run(rx).await.unwrap() });
@@ -275,7 +351,16 @@ impl Regions {
 }
 
 async fn follow(url: &str, engine: Arc<dyn Engine>) -> (FollowerHandle, watch::Sender<bool>) {
+    follow_with(url, engine, None).await
+}
+
+async fn follow_with(
+    url: &str,
+    engine: Arc<dyn Engine>,
+    reconcile_every: Option<Duration>,
+) -> (FollowerHandle, watch::Sender<bool>) {
     let mut config = FollowerConfig::new(url, ADMIN);
+    config.replication.reconcile_every = reconcile_every;
     config.backoff_min = Duration::from_millis(5);
     config.backoff_max = Duration::from_millis(100);
     let (stop, rx) = watch::channel(false);
@@ -322,9 +407,8 @@ async fn lease_some(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blocks_written_in_the_source_reach_the_mirror_bucket_verified() {
-    let r = Regions::start().await;
+async fn blocks_written_in_the_source_reach_the_mirror_bucket_verified(backend: Backend) {
+    let r = Regions::start(backend).await;
     let vol = r.source_volume("data").await;
     r.mirror_volume("data-b", "data", true).await;
     let (_stop, _task) = r.worker(worker_config("w1"), ADMIN).await;
@@ -341,9 +425,10 @@ async fn blocks_written_in_the_source_reach_the_mirror_bucket_verified() {
     assert_eq!(st.failed_total, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_sync_copies_blocks_written_before_the_mirror_volume_had_its_bucket() {
-    let r = Regions::start().await;
+async fn a_full_sync_copies_blocks_written_before_the_mirror_volume_had_its_bucket(
+    backend: Backend,
+) {
+    let r = Regions::start(backend).await;
     let vol = r.source_volume("data").await;
     let blocks = r.write_file(&vol, "old", 20, 4096).await;
     // First without a bucket of its own: nothing is queued, and repairs are refused.
@@ -373,9 +458,8 @@ async fn a_full_sync_copies_blocks_written_before_the_mirror_volume_had_its_buck
     r.wait_drained().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_workers_tasks_run_again_after_the_lease_expires() {
-    let r = Regions::start().await;
+async fn a_killed_workers_tasks_run_again_after_the_lease_expires(backend: Backend) {
+    let r = Regions::start(backend).await;
     let vol = r.source_volume("data").await;
     r.mirror_volume("data-b", "data", true).await;
     let blocks = r.write_file(&vol, "f", 6, 2048).await;
@@ -419,9 +503,8 @@ async fn a_killed_workers_tasks_run_again_after_the_lease_expires() {
     assert_eq!((late.acknowledged, late.lease_lost), (0, 1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_copy_is_retried_with_its_error_until_it_succeeds() {
-    let r = Regions::start().await;
+async fn a_failed_copy_is_retried_with_its_error_until_it_succeeds(backend: Backend) {
+    let r = Regions::start(backend).await;
     let vol = r.source_volume("data").await;
     r.mirror_volume("data-b", "data", true).await;
     // An extent whose block has not reached the source bucket: the copy fails.
@@ -474,9 +557,8 @@ async fn a_failed_copy_is_retried_with_its_error_until_it_succeeds() {
     r.wait_drained().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_falls_back_and_its_repair_replaces_a_corrupt_copy() {
-    let r = Regions::start().await;
+async fn a_reader_falls_back_and_its_repair_replaces_a_corrupt_copy(backend: Backend) {
+    let r = Regions::start(backend).await;
     let vol = r.source_volume("data").await;
     let token = r.mirror_volume("data-b", "data", true).await;
     let (_stop, _task) = r.worker(worker_config("w1"), ADMIN).await;
@@ -484,7 +566,7 @@ async fn a_reader_falls_back_and_its_repair_replaces_a_corrupt_copy() {
     r.wait_replicated(&blocks).await;
     r.wait_drained().await;
     // Damage the mirror copy on disk.
-    let path = r.path("mirror").join(blocks[0].id.as_str());
+    let path = r.block_file("mirror", blocks[0].id.as_str());
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[100] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
@@ -514,9 +596,8 @@ async fn a_reader_falls_back_and_its_repair_replaces_a_corrupt_copy() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_volume_token_reaches_only_its_volumes_tasks() {
-    let r = Regions::start().await;
+async fn a_volume_token_reaches_only_its_volumes_tasks(backend: Backend) {
+    let r = Regions::start(backend).await;
     let a = r.source_volume("a").await;
     let b = r.source_volume("b").await;
     let token_a = r.mirror_volume("a-m", "a", true).await;
@@ -569,12 +650,13 @@ async fn a_volume_token_reaches_only_its_volumes_tasks() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_tasks_survive_a_restart_of_the_mirror_and_deleting_the_mirror_volume_drops_them() {
+async fn queued_tasks_survive_a_restart_of_the_mirror_and_deleting_the_mirror_volume_drops_them(
+    backend: Backend,
+) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("mirror.redb");
     let engine: Arc<dyn Engine> = Arc::new(EmbeddedEngine::open(&db).unwrap());
-    let r = Regions::start_with(dir, engine).await;
+    let r = Regions::start_full(backend, dir, engine, None).await;
     let vol = r.source_volume("data").await;
     r.mirror_volume("data-b", "data", true).await;
     let blocks = r.write_file(&vol, "f", 5, 512).await;
@@ -589,6 +671,8 @@ async fn queued_tasks_survive_a_restart_of_the_mirror_and_deleting_the_mirror_vo
     }
     // Restart the mirror cluster's follower and queue on the same database.
     let Regions {
+        backend,
+        s3,
         dir,
         follower,
         follower_stop,
@@ -607,6 +691,8 @@ async fn queued_tasks_survive_a_restart_of_the_mirror_and_deleting_the_mirror_vo
     let mirror_fs = FsMeta::open_mirror(mirror_engine.clone()).await.unwrap();
     let mirror = serve(state(mirror_fs.clone(), Some(follower.clone()))).await;
     let r = Regions {
+        backend,
+        s3,
         dir,
         source_fs,
         source,
@@ -638,4 +724,79 @@ async fn queued_tasks_survive_a_restart_of_the_mirror_and_deleting_the_mirror_vo
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn a_periodic_reconciliation_restores_blocks_missing_from_either_bucket(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Regions::start_full(
+        backend,
+        dir,
+        Arc::new(MemoryEngine::new()),
+        Some(Duration::from_millis(500)),
+    )
+    .await;
+    let vol = r.source_volume("data").await;
+    r.mirror_volume("data-b", "data", true).await;
+    let (_stop, _task) = r.worker(worker_config("w1"), ADMIN).await;
+    let blocks = r.write_file(&vol, "f", 3, 4096).await;
+    r.wait_replicated(&blocks).await;
+    // Drift: one block vanishes from the mirror bucket, another from the source bucket.
+    r.mirror_bucket.delete_block(&blocks[0].id).await.unwrap();
+    r.source_bucket.delete_block(&blocks[1].id).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mirror_ok = r.mirror_bucket.get_block(&blocks[0]).await.is_ok();
+        let source_ok = r.source_bucket.get_block(&blocks[1]).await.is_ok();
+        if mirror_ok && source_ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reconciliation did not restore the blocks (mirror {mirror_ok}, source {source_ok}): {:?}",
+            r.status().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_mirror_credentials_fail_copies_with_an_error_naming_the_bucket() {
+    let r = Regions::start(Backend::S3).await;
+    let vol = r.source_volume("data").await;
+    r.mirror_volume("data-b", "data", true).await;
+    let blocks = r.write_file(&vol, "f", 1, 100).await;
+    let mut config = worker_config("bad-keys");
+    config.mirror_credentials = Some(Credentials::new("wrong", "wrong"));
+    let worker = Worker::new(r.client(ADMIN).await, config);
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(async move { worker.run(rx).await });
+    let deadline = Instant::now() + WAIT;
+    let st = loop {
+        let st = r.status().await;
+        if st.failed_total > 0 {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the copy never failed: {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        st.last_error.contains("s3://mirror/blocks")
+            && st.last_error.contains(blocks[0].id.as_str()),
+        "the error names the bucket and the block: {}",
+        st.last_error
+    );
+    assert!(
+        !st.last_error.contains("wrong"),
+        "no secret in errors: {}",
+        st.last_error
+    );
+    stop.send_replace(true);
+    task.await.unwrap().unwrap();
+    assert!(
+        r.mirror_bucket
+            .head_block(&blocks[0].id)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use mirrorfs_api::meta::Extent;
-use mirrorfs_api::records::{FullSync, ReplicationCursor, ReplicationTask};
+use mirrorfs_api::records::{FullSync, Reconciled, ReplicationCursor, ReplicationTask};
 use mirrorfs_api::{BlockId, Revision, VolumeId};
 
 use super::keys::{self, PRIORITY_NEW};
@@ -203,6 +203,7 @@ impl Follow<'_> {
             writes.push(full_sync_marker(
                 VolumeId(*vol),
                 "a mirror volume got its own bucket",
+                false,
             ));
         }
         for vol in self.replicated.difference(&now) {
@@ -298,7 +299,7 @@ impl Follow<'_> {
         let writes = self
             .replicated
             .iter()
-            .map(|v| full_sync_marker(VolumeId(*v), why))
+            .map(|v| full_sync_marker(VolumeId(*v), why, false))
             .collect();
         self.commit(writes, head).await
     }
@@ -327,7 +328,8 @@ impl Follow<'_> {
                 .await?;
             let mut tasks = BTreeMap::new();
             for x in &page {
-                if let Some((vol, block, task)) = self.block_of(&x.key, &x.value) {
+                if let Some((vol, block, mut task)) = self.block_of(&x.key, &x.value) {
+                    task.reconcile = sync.reconcile;
                     tasks.insert(keys::ready(vol, PRIORITY_NEW, 0, &block), encode(&task));
                 }
             }
@@ -367,7 +369,7 @@ fn new_task(e: &Extent) -> ReplicationTask {
     }
 }
 
-fn full_sync_marker(vol: VolumeId, reason: &str) -> Mutation {
+fn full_sync_marker(vol: VolumeId, reason: &str, reconcile: bool) -> Mutation {
     Mutation::Put {
         key: keys::full_sync(vol),
         value: encode(&FullSync {
@@ -375,8 +377,46 @@ fn full_sync_marker(vol: VolumeId, reason: &str) -> Mutation {
             started_ms: now_ms(),
             queued: 0,
             reason: reason.to_owned(),
+            reconcile,
         }),
     }
+}
+
+/// Queues a reconciliation of every replicated volume if the last one is `every` old: a full
+/// sync whose tasks check both buckets. The time is stored, so restarts keep the schedule; the
+/// first call only starts the clock (a volume gets a full sync when it becomes replicated).
+pub(super) async fn reconcile_if_due(r: &Replication, every: Duration) -> Result<bool> {
+    let now = now_ms();
+    let Some(stored) = r.engine.get(keys::RECONCILED).await? else {
+        let txn = Txn::new()
+            .when(Compare::absent(keys::RECONCILED))
+            .put(keys::RECONCILED, encode(&Reconciled { at_ms: now }));
+        r.engine.txn(txn).await?;
+        return Ok(false);
+    };
+    let last = decode::<Reconciled>(&stored)?.at_ms;
+    if now.saturating_sub(last) < every.as_millis() as u64 {
+        return Ok(false);
+    }
+    let volumes = replicated(r).await?;
+    let mut txn = Txn::new()
+        .when(Compare::unchanged(&stored))
+        .put(keys::RECONCILED, encode(&Reconciled { at_ms: now }));
+    for v in &volumes {
+        txn.mutations.push(full_sync_marker(
+            VolumeId(*v),
+            "periodic reconciliation",
+            true,
+        ));
+    }
+    let queued = matches!(r.engine.txn(txn).await?, TxnOutcome::Committed(_));
+    if queued {
+        tracing::info!(
+            volumes = volumes.len(),
+            "periodic reconciliation queued: every block is checked in both buckets"
+        );
+    }
+    Ok(queued)
 }
 
 /// Whether a mutation can change which volumes are replicated: mirror volumes, and the source
@@ -391,7 +431,7 @@ fn changes_membership(m: &Mutation) -> bool {
     }
 }
 
-async fn replicated(r: &Replication) -> Result<BTreeSet<u64>> {
+pub(super) async fn replicated(r: &Replication) -> Result<BTreeSet<u64>> {
     Ok(r.targets(None)
         .await?
         .into_iter()

@@ -6,6 +6,7 @@
 //! | `l/rq/l/<vol><block id>`                              | `ReplicationTask`: leased    |
 //! | `l/rq/f/<vol>`                                        | `FullSync` in progress       |
 //! | `l/rq/cursor`                                         | `ReplicationCursor`          |
+//! | `l/rq/reconciled`                                     | `Reconciled`                 |
 //!
 //! Ready tasks sort by volume, then priority, then the time before which they must not run
 //! (0 except for retries), so a lease takes repairs first and stops scanning at the first retry
@@ -21,6 +22,8 @@ pub const LEASED: &[u8] = b"l/rq/l/";
 pub const FULL_SYNC: &[u8] = b"l/rq/f/";
 /// The enqueuer's position in the local changelog.
 pub const CURSOR: &[u8] = b"l/rq/cursor";
+/// When the last periodic reconciliation was queued.
+pub const RECONCILED: &[u8] = b"l/rq/reconciled";
 
 /// Repairs: a reader found the block missing or corrupt in the mirror bucket.
 pub const PRIORITY_REPAIR: u8 = 0;

@@ -128,6 +128,7 @@ impl Replication {
                 lease: c.revision.0,
                 attempts: task.attempts,
                 priority: task.priority,
+                reconcile: task.reconcile,
             })),
             TxnOutcome::Conflict => Ok(None),
         }
@@ -294,6 +295,11 @@ pub(super) async fn keep(r: &Replication) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if let Some(every) = r.config.reconcile_every
+            && let Err(e) = super::enqueuer::reconcile_if_due(r, every).await
+        {
+            r.note_error("queueing the periodic reconciliation", &e);
+        }
         match r.expire_leases().await {
             Ok(0) => {}
             Ok(n) => {
