@@ -37,6 +37,7 @@ pub mod mirror;
 pub mod names;
 
 mod alloc;
+mod blocks;
 mod extents;
 mod locks;
 mod txn;

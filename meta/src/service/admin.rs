@@ -1,4 +1,5 @@
-//! The `Admin` gRPC service: volumes, status and compaction, behind the admin token.
+//! The `Admin` gRPC service: volumes, status, compaction and the block listing of garbage
+//! collection, behind the admin token.
 
 use std::sync::Arc;
 
@@ -139,6 +140,28 @@ impl Admin for AdminService {
             tracing::info!(%compacted, "changelog compacted");
             Ok(pb::CompactReply {
                 compacted_revision: compacted.0,
+            })
+        })
+        .await
+    }
+
+    async fn list_blocks(
+        &self,
+        req: Request<pb::ListBlocksRequest>,
+    ) -> Result<Response<pb::ListBlocksReply>, Status> {
+        let s = &self.0;
+        s.observe("ListBlocks", async {
+            s.admin.check(req.metadata())?;
+            let r = req.into_inner();
+            // Read before the page: every extent of the page is at this revision or later.
+            let revision = s.read_revision().await?;
+            let limit = usize::try_from(r.limit).unwrap_or(usize::MAX);
+            let page = s.fs.list_blocks(&r.volume, &r.after, limit).await?;
+            Ok(pb::ListBlocksReply {
+                block_ids: page.block_ids,
+                next: page.next,
+                revision: revision.0,
+                volume_id: page.volume_id.0,
             })
         })
         .await
