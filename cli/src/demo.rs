@@ -1,7 +1,11 @@
 //! `mirrorfs demo`: the system's main job on embedded defaults, narrated. It starts a source
-//! region's meta service, writes a small data set's tree into a volume, starts a mirror region
-//! that follows the source, checks paths on the mirror the way the CSI driver does before
-//! mounting, shows that the mirror refuses writes, and measures how fresh its metadata is.
+//! region's meta service, writes a small data set (a tree, and files whose blocks go to the
+//! source region's bucket) into a volume, starts a mirror region that follows the source, checks
+//! paths on the mirror the way the CSI driver does before mounting, shows that the mirror
+//! refuses writes, reads the data in the mirror region before and after replication has copied
+//! it into the mirror's own bucket, and measures how fresh the mirror's metadata is.
+
+mod data;
 
 use std::time::{Duration, Instant};
 
@@ -41,14 +45,22 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
 
     let channel = client::connect(&meta.url, Duration::from_secs(5)).await?;
     let mut admin = client::admin(channel.clone(), &meta.admin_token)?;
+    let source_bucket = data::bucket_url(&dir.path().join("bucket-region-a"))?;
     let created = admin
         .create_volume(pb::CreateVolumeRequest {
             name: VOLUME.into(),
+            storage: Some(pb::StorageConfig {
+                bucket_url: source_bucket.clone(),
+                options: Default::default(),
+            }),
             ..Default::default()
         })
         .await?
         .into_inner();
-    println!("2. created volume {VOLUME:?} (its token is shown once and stored only as a hash)");
+    let volume_id = created.volume.as_ref().map_or(0, |v| v.id);
+    println!(
+        "2. created volume {VOLUME:?} with its blocks in {source_bucket} (its token is shown once and stored only as a hash)"
+    );
 
     let mut fs = client::fs(channel.clone(), &created.token)?;
     let vref = || {
@@ -58,6 +70,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let mut files = 0;
+    let mut last_dir = Ino::ROOT.0;
     for path in TREE {
         let mut parent = Ino::ROOT.0;
         for name in path.split('/') {
@@ -97,10 +110,22 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             .await?;
             files += 1;
         }
+        last_dir = parent;
     }
     println!(
         "3. wrote a data set tree: {} directories, {files} files in {:.0} ms (each create durable)",
         TREE.len(),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    let source_blocks = data::open(&source_bucket)?;
+    let started = Instant::now();
+    let (inos, bytes) =
+        data::write_files(&mut fs, VOLUME, volume_id, &source_blocks, last_dir, 4).await?;
+    println!(
+        "   and {} files of data under /{}: {:.0} MB as 1 MiB checksummed blocks in the source bucket, in {:.0} ms",
+        inos.len(),
+        TREE[TREE.len() - 1],
+        bytes as f64 / 1e6,
         started.elapsed().as_secs_f64() * 1000.0
     );
 
@@ -128,15 +153,22 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
 
     let mchannel = client::connect(&mirror.url, Duration::from_secs(5)).await?;
     let mut madmin = client::admin(mchannel.clone(), &mirror.admin_token)?;
+    let mirror_bucket = data::bucket_url(&mirror_dir.path().join("bucket-region-b"))?;
     let mvol = madmin
         .create_volume(pb::CreateVolumeRequest {
             name: VOLUME.into(),
             source_volume: VOLUME.into(),
+            storage: Some(pb::StorageConfig {
+                bucket_url: mirror_bucket.clone(),
+                options: Default::default(),
+            }),
             ..Default::default()
         })
         .await?
         .into_inner();
-    println!("5. mirror volume {VOLUME:?} exposes the source volume, with its own token");
+    println!(
+        "5. mirror volume {VOLUME:?} exposes the source volume, with its own token and its own bucket {mirror_bucket}"
+    );
     let mut mfs = client::fs(mchannel.clone(), &mvol.token)?;
 
     println!("6. path checks on the mirror, as the CSI driver makes them before mounting:");
@@ -185,6 +217,35 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         Ok(_) => anyhow::bail!("the mirror accepted a write"),
     }
 
+    // Data in the mirror region: local bucket first, the source bucket until replicated.
+    let blocks = data::blocks_of(&mut mfs, VOLUME, &inos).await?;
+    let (reader, _) = data::reader(
+        source_blocks,
+        data::open(&mirror_bucket)?,
+        client::replication(mchannel.clone(), &mvol.token)?,
+        VOLUME,
+        volume_id,
+    );
+    let (local, fallback) = data::read_all(&reader, &blocks).await?;
+    println!(
+        "8. reading the data in the mirror region before replication: {local} blocks from the mirror bucket, {fallback} from the source bucket (each verified by its BLAKE3 checksum)"
+    );
+    let (copied, took) = data::replicate(
+        client::replication(mchannel.clone(), &mirror.admin_token)?,
+        madmin.clone(),
+    )
+    .await?;
+    println!(
+        "9. a replication worker copied {:.0} MB into the mirror bucket in {:.0} ms ({:.0} MB/s), each block verified",
+        copied as f64 / 1e6,
+        took.as_secs_f64() * 1000.0,
+        copied as f64 / 1e6 / took.as_secs_f64().max(1e-3)
+    );
+    let (local, fallback) = data::read_all(&reader, &blocks).await?;
+    println!(
+        "   reading again: {local} blocks from the mirror bucket, {fallback} from the source bucket"
+    );
+
     // Freshness: the time from a source acknowledgement to the mirror applying it.
     let mut lags = Vec::new();
     for i in 0..20 {
@@ -205,13 +266,13 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     }
     lags.sort();
     println!(
-        "8. metadata freshness: a source change is applied in the mirror {:.1} ms (median of 20) after the source acknowledged it",
+        "10. metadata freshness: a source change is applied in the mirror {:.1} ms (median of 20) after the source acknowledged it",
         lags[lags.len() / 2].as_secs_f64() * 1000.0
     );
     let st = madmin.status(pb::StatusRequest {}).await?.into_inner();
     if let Some(m) = st.mirror {
         println!(
-            "9. mirror status: {} · applied source revision {} of {} · lag {} revisions, {:.3} s · source reachable: {}",
+            "11. mirror status: {} · applied source revision {} of {} · lag {} revisions, {:.3} s · source reachable: {}",
             m.state,
             m.applied_revision,
             m.source_revision,

@@ -167,3 +167,23 @@ fn bad_serve_flags_fail_fast() {
         "meta.redb",
     );
 }
+
+#[test]
+fn the_demo_shows_paths_refused_writes_data_fallback_and_replication() {
+    let o = mirrorfs(&["demo"], &[("MIRRORFS_LOG", "warn")]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    for needle in [
+        "/teams/vision/imagenet/train: exists",
+        "/teams/vision/coco/train: MISSING",
+        "a write on the mirror is refused",
+        "0 blocks from the mirror bucket, 16 from the source bucket",
+        "reading again: 16 blocks from the mirror bucket, 0 from the source bucket",
+        "metadata freshness",
+    ] {
+        assert!(
+            out.contains(needle),
+            "the demo should say {needle:?}:\n{out}"
+        );
+    }
+}
