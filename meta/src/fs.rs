@@ -35,6 +35,7 @@
 pub mod keys;
 pub mod mirror;
 pub mod names;
+pub mod watch;
 
 mod alloc;
 mod blocks;

@@ -105,9 +105,12 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    let fs = FsServer::from_arc(Arc::new(fs::FsService(state.clone())))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let fs = FsServer::from_arc(Arc::new(fs::FsService {
+        state: state.clone(),
+        stop: stop_rx.clone(),
+    }))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServer::from_arc(Arc::new(admin::AdminService(state.clone())));
     let replication =
         ReplicationServer::from_arc(Arc::new(replication::ReplicationService(state.clone())));

@@ -451,3 +451,50 @@ async fn status_reports_the_cluster() {
     assert_eq!(e.code(), Code::NotFound);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn watch_volume_reports_the_inodes_and_entries_each_commit_changed() {
+    let s = Server::start().await;
+    let token = create_volume(&s, "data").await;
+    let other = create_volume(&s, "other").await;
+    let mut fs = client::fs(s.channel().await, &token).unwrap();
+    let mut watch = fs
+        .watch_volume(pb::WatchVolumeRequest {
+            volume: vref("data"),
+            from_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // A change in another volume is not reported.
+    let mut ofs = client::fs(s.channel().await, &other).unwrap();
+    ofs.mkdir(mkdir("other", 1, "elsewhere")).await.unwrap();
+    let d = fs
+        .mkdir(mkdir("data", 1, "d"))
+        .await
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
+    let c = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
+        .await
+        .expect("a change within 10 s")
+        .expect("stream open")
+        .unwrap();
+    assert!(c.inodes.contains(&d.ino) && c.inodes.contains(&1), "{c:?}");
+    assert_eq!(c.entries.len(), 1, "{c:?}");
+    assert_eq!(
+        (c.entries[0].parent, c.entries[0].name.as_slice()),
+        (1, &b"d"[..])
+    );
+    assert!(!c.reset);
+    // Another volume's token does not open this volume's watch.
+    let refused = ofs
+        .watch_volume(pb::WatchVolumeRequest {
+            volume: vref("data"),
+            from_revision: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+}

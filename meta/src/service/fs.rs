@@ -12,7 +12,11 @@ use super::{MetaState, auth::bearer};
 use crate::error::MetaError;
 use crate::fs::{Owner, Resolved, SetAttr, Volume};
 
-pub struct FsService(pub Arc<MetaState>);
+pub struct FsService {
+    pub state: Arc<MetaState>,
+    /// Becomes `true` when the server shuts down; open volume watches end then.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
 
 /// Requests that name the volume they act on.
 trait VolumeRequest {
@@ -47,6 +51,7 @@ volume_requests!(
     pb::ReadExtentsRequest,
     pb::CommitExtentsRequest,
     pb::ResolveRequest,
+    pb::WatchVolumeRequest,
 );
 
 impl FsService {
@@ -62,7 +67,7 @@ impl FsService {
         F: FnOnce(Arc<MetaState>, Volume, R) -> Fut,
         Fut: Future<Output = Result<T, MetaError>>,
     {
-        let state = &self.0;
+        let state = &self.state;
         state
             .observe(method, async {
                 let (md, _, msg) = req.into_parts();
@@ -91,8 +96,40 @@ fn owner(mode: u32, uid: u32, gid: u32) -> Owner {
     Owner { mode, uid, gid }
 }
 
+type ChangeStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::VolumeChange, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Fs for FsService {
+    type WatchVolumeStream = ChangeStream;
+
+    async fn watch_volume(
+        &self,
+        req: Request<pb::WatchVolumeRequest>,
+    ) -> Result<Response<Self::WatchVolumeStream>, Status> {
+        let mut stop = self.stop.clone();
+        self.call("WatchVolume", req, |st, vol, r| async move {
+            use futures::StreamExt;
+            let from = match r.from_revision {
+                0 => st.fs.engine().head().await?.revision.next(),
+                r => mirrorfs_api::Revision(r),
+            };
+            let entries = st.fs.engine().watch(from).await?;
+            let id = vol.id;
+            let changes = entries.filter_map(move |e| {
+                std::future::ready(match e {
+                    Ok(e) => crate::fs::watch::volume_change(id, &e).map(Ok),
+                    Err(e) => Some(Err(Status::from(MetaError::from(e)))),
+                })
+            });
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            Ok(Box::pin(changes.take_until(stopped)) as ChangeStream)
+        })
+        .await
+    }
+
     async fn open_volume(
         &self,
         req: Request<pb::OpenVolumeRequest>,
