@@ -34,8 +34,9 @@ use crate::fs::mirror::MIRROR_VOLUME;
 const BATCH_ENTRIES: usize = 256;
 /// Most mutations per enqueuer transaction (below etcd's default of 128 operations).
 const TXN_MUTATIONS: usize = 100;
-/// Extents read per full-sync step.
-const FULL_SYNC_PAGE: usize = 256;
+/// Extents read per full-sync step (each may queue a task: the step's transaction stays below
+/// etcd's default of 128 operations).
+const FULL_SYNC_PAGE: usize = 100;
 /// How often an advanced position is persisted when nothing was queued.
 const PERSIST_EVERY: Duration = Duration::from_secs(30);
 

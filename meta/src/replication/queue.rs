@@ -24,6 +24,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 const MAX_TASKS: usize = 256;
 /// How often the keeper looks for expired leases.
 const KEEP_EVERY: Duration = Duration::from_secs(1);
+/// The keeper refreshes the queue gauges every this many ticks.
+const COUNT_EVERY_TICKS: u64 = 10;
 /// Status counts stop here.
 const COUNT_LIMIT: usize = 100_000;
 
@@ -293,6 +295,7 @@ impl Replication {
 pub(super) async fn keep(r: &Replication) {
     let mut tick = tokio::time::interval(KEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut counted = 0u64;
     loop {
         tick.tick().await;
         if let Some(every) = r.config.reconcile_every
@@ -311,12 +314,15 @@ pub(super) async fn keep(r: &Replication) {
             }
             Err(e) => r.note_error("expiring leases", &e),
         }
-        match count(r).await {
-            Ok(st) => {
-                r.metrics.ready.set(st.ready as i64);
-                r.metrics.leased.set(st.leased as i64);
+        counted += 1;
+        if counted % COUNT_EVERY_TICKS == 0 {
+            match count(r).await {
+                Ok(st) => {
+                    r.metrics.ready.set(st.ready as i64);
+                    r.metrics.leased.set(st.leased as i64);
+                }
+                Err(e) => r.note_error("counting the queue", &e),
             }
-            Err(e) => r.note_error("counting the queue", &e),
         }
     }
 }
