@@ -1,0 +1,318 @@
+//! In-memory caches shared by every handle of a mounted volume:
+//!
+//! - [`BlockCache`]: verified blocks, least recently used evicted beyond a byte budget; a block
+//!   being fetched is fetched once however many readers (and readahead) want it.
+//! - [`MetaCache`]: attributes by inode, entries by (parent, name), symlink targets. Entries
+//!   live until the volume watch (or this client's own mutation) invalidates them. A reply
+//!   that raced with an invalidation is not cached: each key hashes to a shard whose
+//!   generation every invalidation bumps, and a fill made with a generation read before the
+//!   request is dropped if the shard moved on meanwhile.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use mirrorfs_api::BlockId;
+use mirrorfs_api::meta::Attr;
+
+use crate::error::FsError;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type Fetch = Shared<BoxFuture<'static, Result<Bytes, FsError>>>;
+
+#[derive(Default)]
+struct Lru {
+    map: HashMap<BlockId, (Bytes, u64)>,
+    order: BTreeMap<u64, BlockId>,
+    tick: u64,
+    bytes: u64,
+}
+
+impl Lru {
+    fn get(&mut self, id: &BlockId) -> Option<Bytes> {
+        let (data, at) = self.map.get_mut(id)?;
+        self.order.remove(at);
+        self.tick += 1;
+        *at = self.tick;
+        self.order.insert(self.tick, id.clone());
+        Some(data.clone())
+    }
+
+    fn insert(&mut self, id: BlockId, data: Bytes, budget: u64) {
+        if data.len() as u64 > budget {
+            return;
+        }
+        if let Some((old, at)) = self.map.remove(&id) {
+            self.order.remove(&at);
+            self.bytes -= old.len() as u64;
+        }
+        self.tick += 1;
+        self.bytes += data.len() as u64;
+        self.order.insert(self.tick, id.clone());
+        self.map.insert(id, (data, self.tick));
+        while self.bytes > budget {
+            let Some((_, victim)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((d, _)) = self.map.remove(&victim) {
+                self.bytes -= d.len() as u64;
+            }
+        }
+    }
+}
+
+/// Verified blocks in memory, with single-flight fetches.
+pub struct BlockCache {
+    budget: u64,
+    lru: Mutex<Lru>,
+    inflight: Mutex<HashMap<BlockId, Fetch>>,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+impl BlockCache {
+    pub fn new(budget: u64) -> Self {
+        Self {
+            budget,
+            lru: Mutex::default(),
+            inflight: Mutex::default(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The cached block, if it is there.
+    pub fn peek(&self, id: &BlockId) -> Option<Bytes> {
+        lock(&self.lru).get(id)
+    }
+
+    pub fn contains_or_loading(&self, id: &BlockId) -> bool {
+        // One lock at a time: `get_or_fetch` takes `inflight` before `lru`.
+        let cached = lock(&self.lru).map.contains_key(id);
+        cached || lock(&self.inflight).contains_key(id)
+    }
+
+    /// Adds a block this client wrote (so reading it back costs nothing).
+    pub fn insert(&self, id: BlockId, data: Bytes) {
+        lock(&self.lru).insert(id, data, self.budget);
+    }
+
+    /// The block `id`, from the cache or by running `fetch` (once, however many callers ask
+    /// at the same time). A failed fetch is not cached.
+    pub async fn get_or_fetch<F>(self: &Arc<Self>, id: &BlockId, fetch: F) -> Result<Bytes, FsError>
+    where
+        F: Future<Output = Result<Bytes, FsError>> + Send + 'static,
+    {
+        if let Some(b) = self.peek(id) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(b);
+        }
+        let shared = {
+            let mut inflight = lock(&self.inflight);
+            // Checked again under the in-flight lock: a fetch may have finished meanwhile.
+            if let Some(b) = lock(&self.lru).get(id) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(b);
+            }
+            match inflight.get(id) {
+                Some(f) => f.clone(),
+                None => {
+                    self.misses.fetch_add(1, Ordering::Relaxed);
+                    let me = self.clone();
+                    let key = id.clone();
+                    let f = async move {
+                        let r = fetch.await;
+                        let mut inflight = lock(&me.inflight);
+                        if let Ok(data) = &r {
+                            lock(&me.lru).insert(key.clone(), data.clone(), me.budget);
+                        }
+                        inflight.remove(&key);
+                        r
+                    }
+                    .boxed()
+                    .shared();
+                    inflight.insert(id.clone(), f.clone());
+                    f
+                }
+            }
+        };
+        shared.await
+    }
+
+    pub fn clear(&self) {
+        *lock(&self.lru) = Lru::default();
+    }
+}
+
+const SHARDS: usize = 256;
+
+/// Attribute, entry and symlink caches, invalidated by the volume watch.
+pub struct MetaCache {
+    hasher: RandomState,
+    gens: Box<[AtomicU64]>,
+    attrs: Mutex<HashMap<u64, Attr>>,
+    /// (parent, name) → child inode.
+    entries: Mutex<HashMap<(u64, Vec<u8>), u64>>,
+    links: Mutex<HashMap<u64, Vec<u8>>>,
+}
+
+/// What a cache fill must present: the generation of its key's shard before the request.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticket(u64, usize);
+
+impl Default for MetaCache {
+    fn default() -> Self {
+        Self {
+            hasher: RandomState::new(),
+            gens: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            attrs: Mutex::default(),
+            entries: Mutex::default(),
+            links: Mutex::default(),
+        }
+    }
+}
+
+impl MetaCache {
+    fn shard<K: Hash>(&self, k: K) -> usize {
+        (self.hasher.hash_one(k) as usize) % SHARDS
+    }
+
+    fn ticket_of(&self, shard: usize) -> Ticket {
+        Ticket(self.gens[shard].load(Ordering::Acquire), shard)
+    }
+
+    fn bump(&self, shard: usize) {
+        self.gens[shard].fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn valid(&self, t: Ticket) -> bool {
+        self.gens[t.1].load(Ordering::Acquire) == t.0
+    }
+
+    pub fn attr_ticket(&self, ino: u64) -> Ticket {
+        self.ticket_of(self.shard(("i", ino)))
+    }
+
+    pub fn entry_ticket(&self, parent: u64, name: &[u8]) -> Ticket {
+        self.ticket_of(self.shard(("e", parent, name)))
+    }
+
+    pub fn attr(&self, ino: u64) -> Option<Attr> {
+        lock(&self.attrs).get(&ino).copied()
+    }
+
+    /// Caches `attr` if nothing invalidated its inode since `t` was taken.
+    pub fn fill_attr(&self, t: Ticket, attr: &Attr) {
+        let mut attrs = lock(&self.attrs);
+        if self.valid(t) {
+            attrs.insert(attr.ino, *attr);
+        }
+    }
+
+    /// Caches what this client itself just changed (newer than anything cached).
+    pub fn put_attr(&self, attr: &Attr) {
+        lock(&self.attrs).insert(attr.ino, *attr);
+    }
+
+    pub fn entry(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        lock(&self.entries).get(&(parent, name.to_vec())).copied()
+    }
+
+    pub fn fill_entry(&self, t: Ticket, parent: u64, name: &[u8], ino: u64) {
+        let mut entries = lock(&self.entries);
+        if self.valid(t) {
+            entries.insert((parent, name.to_vec()), ino);
+        }
+    }
+
+    pub fn put_entry(&self, parent: u64, name: &[u8], ino: u64) {
+        lock(&self.entries).insert((parent, name.to_vec()), ino);
+    }
+
+    pub fn link(&self, ino: u64) -> Option<Vec<u8>> {
+        lock(&self.links).get(&ino).cloned()
+    }
+
+    /// Symlink targets never change (a new target is a new inode).
+    pub fn put_link(&self, ino: u64, target: &[u8]) {
+        lock(&self.links).insert(ino, target.to_vec());
+    }
+
+    pub fn invalidate_attr(&self, ino: u64) {
+        let mut attrs = lock(&self.attrs);
+        self.bump(self.shard(("i", ino)));
+        attrs.remove(&ino);
+    }
+
+    pub fn invalidate_entry(&self, parent: u64, name: &[u8]) {
+        let mut entries = lock(&self.entries);
+        self.bump(self.shard(("e", parent, name)));
+        entries.remove(&(parent, name.to_vec()));
+    }
+
+    /// Forgets an inode that is gone.
+    pub fn forget(&self, ino: u64) {
+        self.invalidate_attr(ino);
+        lock(&self.links).remove(&ino);
+    }
+
+    /// Drops everything (a watch reset or a gap in the change stream).
+    pub fn clear(&self) {
+        let mut attrs = lock(&self.attrs);
+        let mut entries = lock(&self.entries);
+        for g in self.gens.iter() {
+            g.fetch_add(1, Ordering::AcqRel);
+        }
+        attrs.clear();
+        entries.clear();
+    }
+
+    /// Inodes with cached attributes (to tell the kernel after a reset).
+    pub fn cached_inodes(&self) -> Vec<u64> {
+        lock(&self.attrs).keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u32) -> BlockId {
+        BlockId::parse(&format!("v1/00/{n:032}")).expect("valid id")
+    }
+
+    #[test]
+    fn lru_evicts_the_least_recently_used_beyond_the_budget() {
+        let mut l = Lru::default();
+        l.insert(id(1), Bytes::from(vec![0; 4]), 10);
+        l.insert(id(2), Bytes::from(vec![0; 4]), 10);
+        assert!(l.get(&id(1)).is_some());
+        l.insert(id(3), Bytes::from(vec![0; 4]), 10);
+        assert!(l.get(&id(2)).is_none());
+        assert!(l.get(&id(1)).is_some() && l.get(&id(3)).is_some());
+        assert_eq!(l.bytes, 8);
+    }
+
+    #[test]
+    fn a_fill_that_raced_an_invalidation_is_dropped() {
+        let c = MetaCache::default();
+        let attr = Attr {
+            ino: 5,
+            ..Default::default()
+        };
+        let t = c.attr_ticket(5);
+        c.invalidate_attr(5);
+        c.fill_attr(t, &attr);
+        assert!(c.attr(5).is_none());
+        let t = c.attr_ticket(5);
+        c.fill_attr(t, &attr);
+        assert!(c.attr(5).is_some());
+    }
+}
