@@ -14,7 +14,7 @@ use crate::token;
 
 type AdminClient = mirrorfs_api::meta::admin_client::AdminClient<client::Authed>;
 
-async fn connect(conn: &AdminConn) -> anyhow::Result<AdminClient> {
+pub(crate) async fn connect(conn: &AdminConn) -> anyhow::Result<AdminClient> {
     let token = match (&conn.admin_token, &conn.admin_token_file) {
         (Some(t), _) => t.clone(),
         (None, Some(path)) => token::read(path)?,
@@ -27,7 +27,7 @@ async fn connect(conn: &AdminConn) -> anyhow::Result<AdminClient> {
 }
 
 /// A status message without the gRPC framing, for people.
-fn explain(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn explain(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", s.message(), s.code())
 }
 

@@ -40,6 +40,9 @@ pub enum Command {
     /// Copy blocks into a mirror cluster's buckets: lease tasks from its meta service, copy and
     /// verify, acknowledge. Every instance adds throughput.
     Replicate(crate::replicate::ReplicateArgs),
+    /// Delete blocks of a volume that no metadata references any more, once two runs at least
+    /// --grace apart found them unreferenced (a mirror volume: only in its own bucket).
+    Gc(crate::gc::GcArgs),
     /// Benchmarks that print their comparison, measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -223,6 +226,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             crate::admin::check(conn, json).await
         }
         Command::Replicate(a) => crate::replicate::run(a).await,
+        Command::Gc(a) => crate::gc::run(a).await,
         Command::Bench(BenchCommand::Meta(a)) => crate::bench::meta(a).await,
         Command::Bench(BenchCommand::Mirror(a)) => crate::bench::mirror(a).await,
     }

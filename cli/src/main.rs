@@ -5,6 +5,7 @@ mod admin;
 mod args;
 mod bench;
 mod demo;
+mod gc;
 mod local;
 mod replicate;
 mod serve;
