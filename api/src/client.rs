@@ -86,6 +86,12 @@ pub fn changelog(channel: Channel, token: &str) -> Result<ChangelogClient<Authed
     )
 }
 
-pub fn replication(channel: Channel, token: &str) -> Result<ReplicationClient<Authed>, ClientError> {
-    Ok(ReplicationClient::with_interceptor(channel, Bearer::new(token)?))
+pub fn replication(
+    channel: Channel,
+    token: &str,
+) -> Result<ReplicationClient<Authed>, ClientError> {
+    Ok(ReplicationClient::with_interceptor(
+        channel,
+        Bearer::new(token)?,
+    ))
 }

@@ -315,7 +315,7 @@ pub(super) async fn keep(r: &Replication) {
             Err(e) => r.note_error("expiring leases", &e),
         }
         counted += 1;
-        if counted % COUNT_EVERY_TICKS == 0 {
+        if counted.is_multiple_of(COUNT_EVERY_TICKS) {
             match count(r).await {
                 Ok(st) => {
                     r.metrics.ready.set(st.ready as i64);
