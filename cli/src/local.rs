@@ -42,6 +42,15 @@ impl LocalMeta {
 
     async fn start_with(dir: &Path, follow: Option<FollowerConfig>) -> anyhow::Result<LocalMeta> {
         let engine: Arc<dyn Engine> = Arc::new(EmbeddedEngine::open(&dir.join("meta.redb"))?);
+        Self::start_on(engine, follow).await
+    }
+
+    /// Serves `engine` (any engine: the benchmarks also run over etcd) on 127.0.0.1 with a fresh
+    /// admin token; with `follow`, as a read-only mirror.
+    pub async fn start_on(
+        engine: Arc<dyn Engine>,
+        follow: Option<FollowerConfig>,
+    ) -> anyhow::Result<LocalMeta> {
         let (stop, stop_rx) = watch::channel(false);
         let (fs, mirror) = match follow {
             None => (FsMeta::open(engine).await?, None),

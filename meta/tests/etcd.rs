@@ -1,7 +1,8 @@
 //! The etcd engine against real etcd processes: the conformance suite, its limits and errors,
-//! `FsMeta` over etcd, a three-member cluster that loses a member under load, and mirrors with
-//! etcd on either side. Every test starts its own etcd (see `mirrorfs_testkit::etcd`); without
-//! an etcd binary they fail with a message saying how to install it.
+//! `FsMeta` over etcd, a three-member cluster that loses a member under load, mirrors with etcd
+//! on either side, and TLS (client certificates from a CA made by the test) and authentication.
+//! Every test starts its own etcd (see `mirrorfs_testkit::etcd`); without an etcd binary they
+//! fail with a message saying how to install it.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
@@ -15,11 +16,11 @@ use common::{ADMIN, Server};
 use futures::StreamExt;
 use mirrorfs_api::{Ino, Revision};
 use mirrorfs_meta::engine::embedded::EmbeddedEngine;
-use mirrorfs_meta::engine::etcd::{EtcdEngine, EtcdOptions};
+use mirrorfs_meta::engine::etcd::{EtcdEngine, EtcdOptions, EtcdTls};
 use mirrorfs_meta::engine::{Engine, EngineError, Mutation, Txn, TxnOutcome};
 use mirrorfs_meta::follower::{self, FollowerConfig};
 use mirrorfs_meta::fs::{FsMeta, NewVolume, Owner, Volume};
-use mirrorfs_testkit::etcd::{EtcdCluster, MAX_REQUEST_BYTES, MAX_TXN_OPS};
+use mirrorfs_testkit::etcd::{EtcdCluster, EtcdStart, MAX_REQUEST_BYTES, MAX_TXN_OPS};
 use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -214,6 +215,72 @@ async fn a_watch_ends_with_unavailable_when_etcd_goes_away() {
     match end {
         Some(Err(EngineError::Unavailable(_))) => {}
         other => panic!("expected the stream to end with Unavailable, got {other:?}"),
+    }
+}
+
+/// Two engines (two meta services) commit concurrently, unguarded: every commit's time is the
+/// time every reader sees for its revision (the changelog from the start and from the middle,
+/// `head`, a snapshot), and times never go back along the changelog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commit_times_agree_across_readers_under_concurrent_commits() {
+    const TASKS: usize = 8;
+    const EACH: usize = 40;
+    let c = cluster(1);
+    let engines = [Arc::new(connect(&c).await), Arc::new(connect(&c).await)];
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let engine = engines[t % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut commits = Vec::new();
+            for i in 0..EACH {
+                match engine.txn(Txn::new().put(format!("t{t}/{i}"), "v")).await {
+                    Ok(TxnOutcome::Committed(c)) => commits.push(c),
+                    other => panic!("an unguarded commit must go through, got {other:?}"),
+                }
+            }
+            commits
+        }));
+    }
+    let mut commits = Vec::new();
+    for t in tasks {
+        commits.extend(t.await.unwrap());
+    }
+    commits.sort_by_key(|c| c.revision);
+    let total = (TASKS * EACH) as u64;
+    let revisions: Vec<u64> = commits.iter().map(|c| c.revision.0).collect();
+    assert_eq!(
+        revisions,
+        (1..=total).collect::<Vec<_>>(),
+        "one revision each"
+    );
+    assert!(
+        commits.windows(2).all(|w| w[0].time <= w[1].time),
+        "commit times go back along the revisions"
+    );
+    let head = engines[1].head().await.unwrap();
+    assert_eq!(
+        (head.revision, head.time),
+        (Revision(total), commits[commits.len() - 1].time)
+    );
+    let snapshot = engines[0].snapshot().await.unwrap();
+    assert_eq!(snapshot.time, head.time, "snapshot time");
+    for from in [1, total / 2] {
+        let mut log = engines[(from % 2) as usize]
+            .watch(Revision(from))
+            .await
+            .unwrap();
+        for c in &commits[(from - 1) as usize..] {
+            let entry = tokio::time::timeout(WAIT, log.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (entry.revision, entry.time),
+                (c.revision, c.time),
+                "watch({from}) disagrees with the commit"
+            );
+        }
     }
 }
 
@@ -503,4 +570,295 @@ async fn a_source_on_embedded_mirrors_to_etcd() {
         Arc::new(EmbeddedEngine::open(&dir.path().join("meta.redb")).unwrap());
     let mirror: Arc<dyn Engine> = Arc::new(connect(&c).await);
     mirror_round_trip(source, mirror).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS and authentication
+
+/// A test PKI: a CA that signs a server certificate for 127.0.0.1 and a client certificate,
+/// and an unrelated CA. The server's files are on disk for etcd.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: String,
+    other_ca: String,
+    client: (String, String),
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType,
+            ExtendedKeyUsagePurpose as Eku, IsCa, KeyPair, KeyUsagePurpose,
+        };
+        fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+        }
+        fn leaf(
+            ca: &CertifiedIssuer<'static, KeyPair>,
+            name: &str,
+            sans: &[&str],
+            usages: Vec<Eku>,
+        ) -> (String, String) {
+            let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+            let mut p = CertificateParams::new(sans).unwrap();
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            p.extended_key_usages = usages;
+            let key = KeyPair::generate().unwrap();
+            (p.signed_by(&key, ca).unwrap().pem(), key.serialize_pem())
+        }
+        let authority = ca("mirrorfs test CA");
+        // etcd also dials itself with its server certificate, so it may act as a client too.
+        let server = leaf(
+            &authority,
+            "etcd",
+            &["127.0.0.1", "localhost"],
+            vec![Eku::ServerAuth, Eku::ClientAuth],
+        );
+        let client = leaf(&authority, "mirrorfs", &[], vec![Eku::ClientAuth]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), authority.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), &server.0).unwrap();
+        std::fs::write(dir.path().join("server-key.pem"), &server.1).unwrap();
+        Pki {
+            dir,
+            ca: authority.pem(),
+            other_ca: ca("some other CA").pem(),
+            client,
+        }
+    }
+
+    /// etcd's TLS files, with or without `--client-cert-auth`.
+    fn server_files(&self, client_cert_auth: bool) -> mirrorfs_testkit::etcd::EtcdTlsFiles {
+        let p = |name: &str| self.dir.path().join(name);
+        mirrorfs_testkit::etcd::EtcdTlsFiles {
+            cert: p("server.pem"),
+            key: p("server-key.pem"),
+            client_ca: client_cert_auth.then(|| p("ca.pem")),
+        }
+    }
+
+    fn tls(&self, ca: &str, with_client_cert: bool) -> EtcdTls {
+        EtcdTls {
+            ca_pem: Some(ca.as_bytes().to_vec()),
+            identity_pem: with_client_cert.then(|| {
+                (
+                    self.client.0.as_bytes().to_vec(),
+                    self.client.1.as_bytes().to_vec(),
+                )
+            }),
+        }
+    }
+}
+
+/// Commits, reads, watches, snapshots: what the meta service does, over `engine`.
+async fn exercise(engine: &EtcdEngine) {
+    let mut log = engine.watch(Revision(1)).await.unwrap();
+    let TxnOutcome::Committed(first) = engine.txn(Txn::new().put("a", "1")).await.unwrap() else {
+        panic!("conflict")
+    };
+    let txn = Txn::new()
+        .when(mirrorfs_meta::engine::Compare::absent("b"))
+        .put("b", "2");
+    assert!(matches!(
+        engine.txn(txn.clone()).await.unwrap(),
+        TxnOutcome::Committed(_)
+    ));
+    assert_eq!(engine.txn(txn).await.unwrap(), TxnOutcome::Conflict);
+    assert_eq!(engine.get(b"a").await.unwrap().unwrap().value, b"1");
+    assert_eq!(engine.range(b"", b"\xff", 10).await.unwrap().len(), 2);
+    let head = engine.head().await.unwrap();
+    assert_eq!(head.revision, Revision(2));
+    let entry = tokio::time::timeout(WAIT, log.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((entry.revision, entry.time), (first.revision, first.time));
+    let (revision, pairs) = mirrored_all(engine).await;
+    assert_eq!((revision, pairs), (Revision(2), 2));
+}
+
+async fn mirrored_all(engine: &dyn Engine) -> (Revision, usize) {
+    let snap = engine.snapshot().await.unwrap();
+    let mut n = 0;
+    let mut chunks = snap.chunks;
+    while let Some(chunk) = chunks.next().await {
+        n += chunk.unwrap().len();
+    }
+    (snap.revision, n)
+}
+
+fn quick(options: EtcdOptions) -> EtcdOptions {
+    EtcdOptions {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+        ..options
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let pki = Pki::new();
+    let c = EtcdCluster::start_with(&EtcdStart {
+        members: 1,
+        tls: Some(pki.server_files(true)),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let endpoint = c.endpoints()[0].clone();
+    let engine = EtcdEngine::connect(
+        &c.endpoints(),
+        EtcdOptions {
+            tls: Some(pki.tls(&pki.ca, true)),
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    exercise(&engine).await;
+    // An explicit https:// URL works the same.
+    let by_url = EtcdEngine::connect(
+        &[format!("https://{endpoint}")],
+        EtcdOptions {
+            tls: Some(pki.tls(&pki.ca, true)),
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_url.head().await.unwrap().revision, Revision(2));
+
+    // A CA that did not sign the server's certificate.
+    let wrong_ca = EtcdEngine::connect(
+        &c.endpoints(),
+        quick(EtcdOptions {
+            tls: Some(pki.tls(&pki.other_ca, true)),
+            ..options()
+        }),
+    )
+    .await;
+    match wrong_ca {
+        Err(EngineError::Unavailable(m)) => {
+            assert!(m.contains(&endpoint), "{m}");
+            assert!(m.contains("TLS handshake failed"), "{m}");
+            assert!(m.contains("--etcd-ca-file"), "{m}");
+        }
+        Err(e) => panic!("expected Unavailable for a wrong CA, got {e}"),
+        Ok(_) => panic!("a server certificate from another CA must be refused"),
+    }
+    // No client certificate, while the server requires one.
+    let anonymous = EtcdEngine::connect(
+        &c.endpoints(),
+        quick(EtcdOptions {
+            tls: Some(pki.tls(&pki.ca, false)),
+            ..options()
+        }),
+    )
+    .await;
+    match anonymous {
+        Err(EngineError::Unavailable(m)) => {
+            assert!(
+                m.contains(&endpoint) && m.contains("--etcd-cert-file"),
+                "{m}"
+            )
+        }
+        Err(e) => panic!("expected Unavailable without a client certificate, got {e}"),
+        Ok(_) => panic!("etcd with --client-cert-auth must refuse a client without a certificate"),
+    }
+}
+
+/// Creates `root` (root role) and `mirrorfs` (read-write on the engine's prefix), then enables
+/// authentication.
+async fn enable_auth(endpoints: &[String]) {
+    use etcd_client::{Client, Permission};
+    let mut client = Client::connect(endpoints, None).await.unwrap();
+    client.user_add("root", "root-secret", None).await.unwrap();
+    // etcd 3.4 creates the root role on demand; add it if this version does not.
+    let _ = client.role_add("root").await;
+    client.user_grant_role("root", "root").await.unwrap();
+    client.user_add("mirrorfs", "secret", None).await.unwrap();
+    client.role_add("mirrorfs").await.unwrap();
+    client
+        .role_grant_permission(
+            "mirrorfs",
+            Permission::read_write("mirrorfs/").with_prefix(),
+        )
+        .await
+        .unwrap();
+    client
+        .user_grant_role("mirrorfs", "mirrorfs")
+        .await
+        .unwrap();
+    client.auth_enable().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_with_user_and_password() {
+    let c = cluster(1);
+    let endpoint = c.endpoints()[0].clone();
+    enable_auth(&c.endpoints()).await;
+    let as_user = |user: &str, password: &str| EtcdOptions {
+        user: Some((user.into(), password.into())),
+        ..quick(options())
+    };
+
+    // A user with read-write access to the engine's prefix is all the engine needs.
+    let engine = EtcdEngine::connect(&c.endpoints(), as_user("mirrorfs", "secret"))
+        .await
+        .unwrap();
+    exercise(&engine).await;
+    assert_eq!(engine.compact(Revision(1)).await.unwrap(), Revision(1));
+    let root = EtcdEngine::connect(&c.endpoints(), as_user("root", "root-secret"))
+        .await
+        .unwrap();
+    assert_eq!(root.head().await.unwrap().revision, Revision(2));
+
+    // The same user under another prefix: denied, saying what to grant.
+    let elsewhere = EtcdOptions {
+        prefix: b"elsewhere/".to_vec(),
+        ..as_user("mirrorfs", "secret")
+    };
+    match EtcdEngine::connect(&c.endpoints(), elsewhere).await {
+        Err(EngineError::Invalid(m)) => {
+            assert!(
+                m.contains(&endpoint) && m.contains("permission denied"),
+                "{m}"
+            );
+            assert!(m.contains("\"elsewhere/\""), "{m}");
+        }
+        Err(e) => panic!("expected Invalid outside the user's keys, got {e}"),
+        Ok(_) => panic!("a user without access to the prefix must be refused"),
+    }
+
+    // A wrong password, and no user at all.
+    match EtcdEngine::connect(&c.endpoints(), as_user("mirrorfs", "wrong")).await {
+        Err(EngineError::Invalid(m)) => {
+            assert!(m.contains(&endpoint), "{m}");
+            assert!(
+                m.contains("unauthenticated") && m.contains("\"mirrorfs\""),
+                "{m}"
+            );
+            assert!(m.contains("--etcd-password-file"), "{m}");
+        }
+        Err(e) => panic!("expected Invalid for a wrong password, got {e}"),
+        Ok(_) => panic!("a wrong password must be refused"),
+    }
+    match EtcdEngine::connect(&c.endpoints(), quick(options())).await {
+        Err(EngineError::Invalid(m)) => {
+            assert!(
+                m.contains(&endpoint) && m.contains("unauthenticated"),
+                "{m}"
+            )
+        }
+        Err(e) => panic!("expected Invalid without credentials, got {e}"),
+        Ok(_) => panic!("a client without credentials must be refused"),
+    }
 }

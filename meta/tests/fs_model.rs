@@ -1,19 +1,32 @@
 //! Reference-model property test: random histories of file-system operations applied both to
-//! `FsMeta` (over the memory engine) and to a plain in-memory tree. After every operation the
-//! outcomes must agree (success, or the same error kind); at the end the whole trees must agree
-//! (names, kinds, inode identity across hard links, sizes, modes, link counts, symlink targets,
-//! which block byte backs every file byte) and so must the volume's usage.
+//! `FsMeta` and to a plain in-memory tree. After every operation the outcomes must agree
+//! (success, or the same error kind); at the end the whole trees must agree (names, kinds, inode
+//! identity across hard links, sizes, modes, link counts, symlink targets, which block byte backs
+//! every file byte) and so must the volume's usage.
+//!
+//! One test body, run over every engine: memory, embedded (redb in a temporary directory) and
+//! etcd (one real etcd for the whole test, a fresh key prefix per case; fewer cases, as each
+//! operation is a network round trip). Without an etcd binary the etcd test fails, saying how to
+//! install it.
 
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mirrorfs_api::meta::{Extent, FileKind};
 use mirrorfs_api::{FsErrorKind, Ino};
+use mirrorfs_meta::Engine;
+use mirrorfs_meta::engine::embedded::EmbeddedEngine;
+use mirrorfs_meta::engine::etcd::{EtcdEngine, EtcdOptions};
 use mirrorfs_meta::engine::memory::MemoryEngine;
 use mirrorfs_meta::fs::{FsMeta, NewVolume, Owner, Removed, SetAttr, Volume};
+use mirrorfs_testkit::etcd::{EtcdCluster, MAX_REQUEST_BYTES, MAX_TXN_OPS};
 use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
 
 type Id = u64;
 const ROOT: Id = 1;
@@ -558,8 +571,7 @@ fn removed(model: &R, real: &mirrorfs_meta::Result<Removed>, h: &Real, step: usi
     }
 }
 
-async fn run(ops: Vec<Op>) {
-    let engine = Arc::new(MemoryEngine::new());
+async fn run(engine: Arc<dyn Engine>, ops: Vec<Op>) {
     let fs = FsMeta::open(engine).await.unwrap();
     let (_, token) = fs
         .create_volume(NewVolume {
@@ -772,18 +784,78 @@ async fn compare_trees(m: &Model, h: &Real) {
     assert_eq!((u.used_bytes, u.used_inodes), m.usage());
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 256,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+// --- the engines ---------------------------------------------------------------------------------
 
-    #[test]
-    fn fs_meta_behaves_like_the_model(ops in prop::collection::vec(op(), 1..60)) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(run(ops));
+/// A fresh, empty engine for one case, and whatever must live as long as it.
+type Fresh = Pin<Box<dyn Future<Output = (Arc<dyn Engine>, Box<dyn Send>)>>>;
+
+/// Runs `cases` random histories, each on a fresh engine from `make`, on one multi-threaded
+/// runtime; a failure is shrunk and reported with its smallest history.
+fn check(cases: u32, make: impl Fn() -> Fresh) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&prop::collection::vec(op(), 1..60), |ops| {
+        rt.block_on(async {
+            let (engine, _keep) = make().await;
+            run(engine, ops).await;
+        });
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
+}
+
+#[test]
+fn fs_meta_behaves_like_the_model_on_memory() {
+    check(256, || {
+        Box::pin(async {
+            let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+            (engine, Box::new(()) as Box<dyn Send>)
+        })
+    });
+}
+
+#[test]
+fn fs_meta_behaves_like_the_model_on_embedded() {
+    check(64, || {
+        Box::pin(async {
+            let dir = tempfile::tempdir().unwrap();
+            let engine: Arc<dyn Engine> =
+                Arc::new(EmbeddedEngine::open(&dir.path().join("meta.redb")).unwrap());
+            (engine, Box::new(dir) as Box<dyn Send>)
+        })
+    });
+}
+
+#[test]
+fn fs_meta_behaves_like_the_model_on_etcd() {
+    let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{e}"));
+    let endpoints = cluster.endpoints();
+    // Each case (and each shrinking step) gets its own prefix: a fresh engine in one cluster.
+    let case = AtomicUsize::new(0);
+    check(48, || {
+        let options = EtcdOptions {
+            prefix: format!("fs-model/{}/", case.fetch_add(1, Ordering::Relaxed)).into_bytes(),
+            max_txn_ops: MAX_TXN_OPS,
+            max_request_bytes: MAX_REQUEST_BYTES,
+            ..EtcdOptions::default()
+        };
+        let endpoints = endpoints.clone();
+        Box::pin(async move {
+            let engine: Arc<dyn Engine> =
+                Arc::new(EtcdEngine::connect(&endpoints, options).await.unwrap());
+            (engine, Box::new(()) as Box<dyn Send>)
+        })
+    });
 }
 
 #[test]

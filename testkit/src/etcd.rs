@@ -7,6 +7,11 @@
 //! engine's large transactions fit. The binary is `$MIRRORFS_ETCD_BIN`, else `etcd` on the
 //! `PATH`, else `/usr/bin/etcd`; if none exists, [`EtcdCluster::start`] fails with a message
 //! saying how to install it.
+//!
+//! [`EtcdCluster::start_with`] serves the client URLs over TLS ([`EtcdTlsFiles`], optionally
+//! with `--client-cert-auth`); peers stay plain HTTP on loopback. Readiness is polled on each
+//! member's plain-HTTP metrics URL (`--listen-metrics-urls`, `/health`), so it works whatever
+//! the client URLs require.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -25,8 +30,29 @@ const READY: Duration = Duration::from_secs(30);
 struct Member {
     name: String,
     client: String,
+    /// `host:port` of the plain-HTTP metrics and health URL.
+    health: String,
     child: Option<Child>,
     log: PathBuf,
+}
+
+/// TLS material of the members' client URLs, as PEM files.
+#[derive(Clone, Debug)]
+pub struct EtcdTlsFiles {
+    /// The server certificate (it must name `127.0.0.1`) and its key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With a CA, the members require client certificates signed by it (`--client-cert-auth`).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How to start a cluster.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdStart {
+    /// Members (at least one).
+    pub members: usize,
+    /// TLS on the client URLs; `None`: plain HTTP.
+    pub tls: Option<EtcdTlsFiles>,
 }
 
 /// A running etcd cluster. See the module docs.
@@ -68,11 +94,16 @@ fn free_port() -> Result<u16, String> {
 impl EtcdCluster {
     /// Starts a cluster of `members` members and waits until it serves requests.
     pub fn start(members: usize) -> Result<Self, String> {
+        Self::start_with(&EtcdStart { members, tls: None })
+    }
+
+    /// Starts a cluster as `how` says and waits until it serves requests.
+    pub fn start_with(how: &EtcdStart) -> Result<Self, String> {
         let bin = etcd_binary()?;
         // A port picked free can be taken by someone else before etcd binds it: try again.
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::start_once(&bin, members.max(1)) {
+            match Self::start_once(&bin, how.members.max(1), how.tls.as_ref()) {
                 Ok(c) => return Ok(c),
                 Err(e) => last = e,
             }
@@ -80,36 +111,53 @@ impl EtcdCluster {
         Err(last)
     }
 
-    fn start_once(bin: &Path, n: usize) -> Result<Self, String> {
+    fn start_once(bin: &Path, n: usize, tls: Option<&EtcdTlsFiles>) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let mut ports = Vec::new();
         for _ in 0..n {
-            ports.push((free_port()?, free_port()?));
+            ports.push((free_port()?, free_port()?, free_port()?));
         }
         let initial: Vec<String> = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .map(|(i, (_, peer, _))| format!("m{i}=http://127.0.0.1:{peer}"))
             .collect();
         let initial = initial.join(",");
         let mut cluster = EtcdCluster {
             members: Vec::new(),
             _dir: dir,
         };
-        for (i, (client, peer)) in ports.iter().enumerate() {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        for (i, (client, peer, metrics)) in ports.iter().enumerate() {
             let name = format!("m{i}");
             let data = cluster._dir.path().join(&name);
             let log = cluster._dir.path().join(format!("{name}.log"));
             let log_file = std::fs::File::create(&log)
                 .map_err(|e| format!("create {}: {e}", log.display()))?;
-            let client_url = format!("http://127.0.0.1:{client}");
+            let client_url = format!("{scheme}://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
-            let child = Command::new(bin)
+            let metrics_url = format!("http://127.0.0.1:{metrics}");
+            let mut command = Command::new(bin);
+            if let Some(tls) = tls {
+                command
+                    .arg("--cert-file")
+                    .arg(&tls.cert)
+                    .arg("--key-file")
+                    .arg(&tls.key);
+                if let Some(ca) = &tls.client_ca {
+                    command
+                        .arg("--trusted-ca-file")
+                        .arg(ca)
+                        .arg("--client-cert-auth");
+                }
+            }
+            let child = command
                 .args(["--name", &name])
                 .arg("--data-dir")
                 .arg(&data)
                 .args(["--listen-client-urls", &client_url])
                 .args(["--advertise-client-urls", &client_url])
+                .args(["--listen-metrics-urls", &metrics_url])
                 .args(["--listen-peer-urls", &peer_url])
                 .args(["--initial-advertise-peer-urls", &peer_url])
                 .args(["--initial-cluster", &initial])
@@ -127,6 +175,7 @@ impl EtcdCluster {
             cluster.members.push(Member {
                 name,
                 client: format!("127.0.0.1:{client}"),
+                health: format!("127.0.0.1:{metrics}"),
                 child: Some(child),
                 log,
             });
@@ -149,7 +198,7 @@ impl EtcdCluster {
                         log_tail(&m.log)
                     ));
                 }
-                if healthy(&m.client) {
+                if healthy(&m.health) {
                     break;
                 }
                 if Instant::now() > deadline {
@@ -165,7 +214,8 @@ impl EtcdCluster {
         Ok(())
     }
 
-    /// `host:port` of every member's client URL.
+    /// `host:port` of every member's client URL (without a scheme: the etcd engine uses
+    /// `https://` when it is given TLS options).
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client.clone()).collect()
     }

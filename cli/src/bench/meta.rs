@@ -1,6 +1,8 @@
 //! `mirrorfs bench meta`: create, lookup, getattr and readdir throughput and latency over gRPC,
 //! beside the same operations called directly on the metadata library over the same engine, in
-//! the same run. The ratio between the two is the cost of the service.
+//! the same run. The ratio between the two is the cost of the service. With `--etcd` (or
+//! `--etcd-endpoints`) both paths also run over the etcd engine, printed in the same table
+//! beside the embedded engine's.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -15,6 +17,8 @@ use mirrorfs_meta::client;
 use mirrorfs_meta::engine::etcd::{EtcdEngine, EtcdOptions};
 use mirrorfs_meta::fs::{FsMeta, NewVolume, Owner, Volume};
 
+use crate::local::LocalMeta;
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct MetaBenchArgs {
     /// Files each client creates (and then looks up and stats).
@@ -27,12 +31,12 @@ pub struct MetaBenchArgs {
     /// same disk as the system temp dir).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Also run the direct path over the etcd engine, on a single-member etcd started for the
-    /// run (needs the `etcd` binary: `sudo ./scripts/setup.sh etcd-server`).
+    /// Also run both paths over the etcd engine, on a single-member etcd started for the run
+    /// (needs the `etcd` binary: `sudo ./scripts/setup.sh etcd-server`).
     #[arg(long)]
     pub etcd: bool,
-    /// Also run the direct path over the etcd engine on this (dedicated, empty or
-    /// mirrorfs-only) etcd cluster instead of starting one; comma separated host:port.
+    /// Also run both paths over the etcd engine on this (dedicated, empty or mirrorfs-only)
+    /// etcd cluster instead of starting one; comma separated host:port.
     #[arg(long, value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
 }
@@ -40,6 +44,9 @@ pub struct MetaBenchArgs {
 /// One measured row.
 struct Row {
     op: &'static str,
+    /// "embedded" or "etcd".
+    engine: &'static str,
+    /// "grpc" or "direct".
     path: &'static str,
     clients: usize,
     ops: u64,
@@ -65,8 +72,7 @@ pub async fn meta(a: MetaBenchArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let local = crate::local::LocalMeta::start(&dir).await?;
-    let (fs, url) = (local.fs.clone(), local.url.clone());
+    let embedded = LocalMeta::start(&dir).await?;
 
     println!(
         "mirrorfs bench meta: embedded engine in {}, {} files per client, {} cores",
@@ -74,9 +80,9 @@ pub async fn meta(a: MetaBenchArgs) -> anyhow::Result<()> {
         a.files_per_client,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    // The etcd column: the same direct operations with FsMeta over the etcd engine.
+    // The etcd rows: the same operations, direct and over gRPC, with the etcd engine.
     let mut started_etcd = None;
-    let etcd_fs = if a.etcd || !a.etcd_endpoints.is_empty() {
+    let etcd = if a.etcd || !a.etcd_endpoints.is_empty() {
         let (endpoints, options) = if a.etcd_endpoints.is_empty() {
             let cluster = mirrorfs_testkit::EtcdCluster::start(1).map_err(anyhow::Error::msg)?;
             let endpoints = cluster.endpoints();
@@ -100,38 +106,48 @@ pub async fn meta(a: MetaBenchArgs) -> anyhow::Result<()> {
             }
         );
         let engine = EtcdEngine::connect(&endpoints, options).await?;
-        Some(FsMeta::open(Arc::new(engine)).await?)
+        Some(LocalMeta::start_on(Arc::new(engine), None).await?)
     } else {
         None
     };
+    let mut engines = vec![("embedded", &embedded)];
+    engines.extend(etcd.iter().map(|e| ("etcd", e)));
     let mut rows = Vec::new();
     for (round, &clients) in a.clients.iter().enumerate() {
-        // Each path gets its own fresh volume so both do the same work on the same engine.
-        let direct_vol = new_volume(&fs, &format!("direct-{round}")).await?;
-        let (grpc_info, token) = fs
-            .create_volume(NewVolume {
-                name: format!("grpc-{round}"),
-                ..Default::default()
-            })
-            .await?;
-        let mut channels = Vec::new();
-        for _ in 0..clients {
-            let ch = client::connect(&url, Duration::from_secs(5)).await?;
-            channels.push(client::fs(ch, &token)?);
-        }
-        rows.extend(run_direct(&fs, &direct_vol, clients, a.files_per_client, "direct").await?);
-        if let Some(etcd_fs) = &etcd_fs {
-            let vol = new_volume(etcd_fs, &format!("etcd-{round}")).await?;
+        for &(engine, local) in &engines {
+            // Each path gets its own fresh volume so both do the same work on the same engine.
+            let fs = &local.fs;
+            let direct_vol = new_volume(fs, &format!("direct-{round}")).await?;
+            let (grpc_info, token) = fs
+                .create_volume(NewVolume {
+                    name: format!("grpc-{round}"),
+                    ..Default::default()
+                })
+                .await?;
+            let mut channels = Vec::new();
+            for _ in 0..clients {
+                let ch = client::connect(&local.url, Duration::from_secs(5)).await?;
+                channels.push(client::fs(ch, &token)?);
+            }
+            rows.extend(run_direct(fs, &direct_vol, clients, a.files_per_client, engine).await?);
             rows.extend(
-                run_direct(etcd_fs, &vol, clients, a.files_per_client, "direct-etcd").await?,
+                run_grpc(
+                    &channels,
+                    &grpc_info.name,
+                    clients,
+                    a.files_per_client,
+                    engine,
+                )
+                .await?,
             );
         }
-        rows.extend(run_grpc(&channels, &grpc_info.name, clients, a.files_per_client).await?);
     }
     print_table(&rows);
-    drop(etcd_fs);
+    if let Some(etcd) = etcd {
+        etcd.stop().await?;
+    }
     drop(started_etcd);
-    local.stop().await
+    embedded.stop().await
 }
 
 async fn new_volume(fs: &FsMeta, name: &str) -> anyhow::Result<Volume> {
@@ -151,7 +167,7 @@ fn file_name(i: usize) -> Vec<u8> {
 /// Runs `per_client(client_index)` on `clients` tasks; each returns its latencies.
 async fn measure<F, Fut>(
     op: &'static str,
-    path: &'static str,
+    (engine, path): (&'static str, &'static str),
     clients: usize,
     per_client: F,
 ) -> anyhow::Result<Row>
@@ -167,6 +183,7 @@ where
     }
     Ok(Row {
         op,
+        engine,
         path,
         clients,
         ops: hist.len(),
@@ -188,8 +205,9 @@ async fn run_direct(
     vol: &Volume,
     clients: usize,
     n: usize,
-    path: &'static str,
+    engine: &'static str,
 ) -> anyhow::Result<Vec<Row>> {
+    let path = (engine, "direct");
     let owner = Owner {
         mode: 0o644,
         uid: 0,
@@ -293,7 +311,9 @@ async fn run_grpc(
     volume: &str,
     clients: usize,
     n: usize,
+    engine: &'static str,
 ) -> anyhow::Result<Vec<Row>> {
+    let path = (engine, "grpc");
     let vref = || {
         Some(pb::VolumeRef {
             volume: volume.to_owned(),
@@ -318,7 +338,7 @@ async fn run_grpc(
     let ctx = |c: usize| (channels[c].clone(), vref(), dirs[c]);
     let mut rows = Vec::new();
     rows.push(
-        measure("create", "grpc", clients, |c| {
+        measure("create", path, clients, |c| {
             let (mut ch, volume, dir) = ctx(c);
             async move {
                 let mut h = Histogram::new(3)?;
@@ -342,7 +362,7 @@ async fn run_grpc(
         .await?,
     );
     rows.push(
-        measure("lookup", "grpc", clients, |c| {
+        measure("lookup", path, clients, |c| {
             let (mut ch, volume, dir) = ctx(c);
             async move {
                 let mut h = Histogram::new(3)?;
@@ -362,7 +382,7 @@ async fn run_grpc(
         .await?,
     );
     rows.push(
-        measure("getattr", "grpc", clients, |c| {
+        measure("getattr", path, clients, |c| {
             let (mut ch, volume, dir) = ctx(c);
             async move {
                 let mut h = Histogram::new(3)?;
@@ -381,7 +401,7 @@ async fn run_grpc(
         .await?,
     );
     rows.push(
-        measure("readdir(1000)", "grpc", clients, |c| {
+        measure("readdir(1000)", path, clients, |c| {
             let (mut ch, volume, dir) = ctx(c);
             async move {
                 let mut h = Histogram::new(3)?;
@@ -414,12 +434,18 @@ async fn run_grpc(
 }
 
 fn print_table(rows: &[Row]) {
-    let with_etcd = rows.iter().any(|r| r.path == "direct-etcd");
+    let with_etcd = rows.iter().any(|r| r.engine == "etcd");
+    let find = |engine: &str, path: &str, g: &Row| {
+        rows.iter().find(|r| {
+            r.engine == engine && r.path == path && r.op == g.op && r.clients == g.clients
+        })
+    };
     println!();
     print!(
-        "{:<14} {:>7} | {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>10}",
+        "{:<14} {:>7} {:<8} | {:>10} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>11}",
         "operation",
         "clients",
+        "engine",
         "grpc ops/s",
         "p50 us",
         "p99 us",
@@ -429,24 +455,18 @@ fn print_table(rows: &[Row]) {
         "grpc/direct"
     );
     if with_etcd {
-        print!(
-            " | {:>10} {:>9} {:>9} | {:>11}",
-            "etcd ops/s", "p50 us", "p99 us", "etcd/direct"
-        );
+        print!(" | {:>20}", "vs embedded (g, d)");
     }
     println!();
     for g in rows.iter().filter(|r| r.path == "grpc") {
-        let find = |path: &str| {
-            rows.iter()
-                .find(|r| r.path == path && r.op == g.op && r.clients == g.clients)
-        };
-        let Some(d) = find("direct") else {
+        let Some(d) = find(g.engine, "direct", g) else {
             continue;
         };
         print!(
-            "{:<14} {:>7} | {:>12.0} {:>9.1} {:>9.1} | {:>12.0} {:>9.1} {:>9.1} | {:>9.2}x",
+            "{:<14} {:>7} {:<8} | {:>10.0} {:>9.1} {:>9.1} | {:>12.0} {:>9.1} {:>9.1} | {:>10.2}x",
             g.op,
             g.clients,
+            g.engine,
             g.rate(),
             g.us(0.5),
             g.us(0.99),
@@ -455,14 +475,12 @@ fn print_table(rows: &[Row]) {
             d.us(0.99),
             g.rate() / d.rate()
         );
-        if let Some(e) = find("direct-etcd") {
-            print!(
-                " | {:>10.0} {:>9.1} {:>9.1} | {:>10.2}x",
-                e.rate(),
-                e.us(0.5),
-                e.us(0.99),
-                e.rate() / d.rate()
-            );
+        if g.engine != "embedded"
+            && let (Some(eg), Some(ed)) =
+                (find("embedded", "grpc", g), find("embedded", "direct", g))
+        {
+            let ratios = format!("{:.2}x, {:.2}x", g.rate() / eg.rate(), d.rate() / ed.rate());
+            print!(" | {ratios:>20}");
         }
         println!();
     }
@@ -472,7 +490,10 @@ fn print_table(rows: &[Row]) {
     );
     if with_etcd {
         println!(
-            "etcd: the direct operations with the etcd engine (one etcd round trip per read; commits of one process go one per round trip, see docs/CONFIGURATION.md)."
+            "etcd: the same operations with the etcd engine behind the same service (grpc) and \
+             library (direct); every read is one etcd round trip and every create one etcd \
+             transaction (commits run concurrently). vs embedded: etcd ops/s / embedded ops/s, \
+             grpc and direct."
         );
     }
 }

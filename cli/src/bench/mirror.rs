@@ -1,6 +1,8 @@
 //! `mirrorfs bench mirror`: how closely a mirror follows its source, measured in one run on
-//! embedded engines in a temporary directory. The mirror follows the source through a TCP proxy
-//! that can add a one-way delay and cut the link, as a link between regions would.
+//! embedded engines in a temporary directory and, with `--etcd`, again with etcd engines (the
+//! source on one single-member etcd, the mirror on another, both started for the run), printed
+//! side by side. The mirror follows the source through a TCP proxy that can add a one-way delay
+//! and cut the link, as a link between regions would.
 //!
 //! - **Lag**: for every create the source acknowledges at revision r, the time from the
 //!   acknowledgement until the mirror's applied revision reaches r. At the highest rate the
@@ -22,11 +24,12 @@ use hdrhistogram::Histogram;
 use mirrorfs_api::meta::{self as pb, fs_client::FsClient};
 use mirrorfs_api::{Ino, Revision};
 use mirrorfs_meta::engine::embedded::EmbeddedEngine;
+use mirrorfs_meta::engine::etcd::{EtcdEngine, EtcdOptions};
 use mirrorfs_meta::follower::{self, FollowerConfig, FollowerHandle};
 use mirrorfs_meta::fs::{NewVolume, Owner};
 use mirrorfs_meta::keyspace::MIRRORED;
 use mirrorfs_meta::{Engine, FsMeta, client, engine::prefix_end};
-use mirrorfs_testkit::Proxy;
+use mirrorfs_testkit::{EtcdCluster, Proxy};
 use tokio::sync::{oneshot, watch};
 
 use crate::local::LocalMeta;
@@ -55,6 +58,15 @@ pub struct MirrorBenchArgs {
     /// same disk as the system temp dir).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Also run every measurement with etcd engines: the source and the mirror each on a
+    /// single-member etcd started for the run (needs the `etcd` binary:
+    /// `sudo ./scripts/setup.sh etcd-server`).
+    #[arg(long)]
+    pub etcd: bool,
+    /// Inodes of the etcd bootstrap (0 skips it); filling etcd is slower than the embedded
+    /// engine, so it defaults to fewer than `--bootstrap-inodes`.
+    #[arg(long, default_value_t = 100_000)]
+    pub etcd_bootstrap_inodes: u64,
 }
 
 /// p99 lag target on loopback; over a delayed link the target adds the round trip.
@@ -86,19 +98,91 @@ pub async fn mirror(a: MirrorBenchArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     println!(
-        "mirrorfs bench mirror: embedded engines in {}, {} cores; the mirror follows through a \
+        "mirrorfs bench mirror: embedded engines in {}{}, {} cores; the mirror follows through a \
          TCP proxy; {} per lag run, slow link {} one way",
         dir.display(),
+        if a.etcd {
+            "; then etcd engines (source and mirror each on a single-member etcd started for the run)"
+        } else {
+            ""
+        },
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         humantime::format_duration(a.duration),
         humantime::format_duration(a.delay),
     );
+    let mut runs = vec![(
+        "embedded",
+        measure_all(&a, &Engines::Embedded(dir.clone()), a.bootstrap_inodes).await?,
+    )];
+    if a.etcd {
+        runs.push((
+            "etcd",
+            measure_all(&a, &Engines::Etcd, a.etcd_bootstrap_inodes).await?,
+        ));
+    }
+    Table::new(&runs).print();
+    Ok(())
+}
 
-    let mut table = Table::default();
-    let rig = Rig::start(&dir, a.clients).await?;
+/// Where a run's engines live: one embedded database per role in a directory, or one
+/// single-member etcd per role (a mirror and its source are separate clusters).
+enum Engines {
+    Embedded(PathBuf),
+    Etcd,
+}
+
+impl Engines {
+    fn name(&self) -> &'static str {
+        match self {
+            Engines::Embedded(_) => "embedded",
+            Engines::Etcd => "etcd",
+        }
+    }
+
+    /// A fresh engine for `role`, and the etcd that serves it (to drop after the engine).
+    async fn open(&self, role: &str) -> anyhow::Result<(Arc<dyn Engine>, Option<EtcdCluster>)> {
+        match self {
+            Engines::Embedded(dir) => {
+                let path = subdir(dir, role)?.join("meta.redb");
+                Ok((Arc::new(EmbeddedEngine::open(&path)?), None))
+            }
+            Engines::Etcd => {
+                let cluster = tokio::task::spawn_blocking(|| EtcdCluster::start(1))
+                    .await?
+                    .map_err(anyhow::Error::msg)?;
+                let options = EtcdOptions {
+                    max_txn_ops: mirrorfs_testkit::etcd::MAX_TXN_OPS,
+                    max_request_bytes: mirrorfs_testkit::etcd::MAX_REQUEST_BYTES,
+                    ..EtcdOptions::default()
+                };
+                let engine = EtcdEngine::connect(&cluster.endpoints(), options).await?;
+                Ok((Arc::new(engine), Some(cluster)))
+            }
+        }
+    }
+}
+
+/// Everything one engine's run measured.
+struct Results {
+    /// Link, load, lag and its target.
+    lags: Vec<(String, String, Lag, Duration)>,
+    catch_up: CatchUp,
+    /// The fastest the source wrote in the lag runs, in revisions per second.
+    fastest_source: f64,
+    boot: Option<Boot>,
+}
+
+/// Lag under load on both links, apply throughput, and bootstrap, on `engines`.
+async fn measure_all(
+    a: &MirrorBenchArgs,
+    engines: &Engines,
+    bootstrap_inodes: u64,
+) -> anyhow::Result<Results> {
+    let name = engines.name();
+    let rig = Rig::start(engines, a.clients).await?;
     let links = [("loopback", Duration::ZERO), ("slow link", a.delay)];
     let mut round = 0;
-    // The fastest the source wrote in this run, in revisions per second.
+    let mut lags = Vec::new();
     let mut fastest_source = 0f64;
     for (link, delay) in links {
         rig.proxy.set_delay(delay);
@@ -117,32 +201,33 @@ pub async fn mirror(a: MirrorBenchArgs) -> anyhow::Result<()> {
         ];
         for (load, pace) in loads {
             round += 1;
-            eprintln!("lag: {link}, {load} ...");
+            eprintln!("{name}: lag: {link}, {load} ...");
             let lag = rig.lag(round, pace, a.duration).await?;
             fastest_source = fastest_source.max(lag.revision_rate);
-            table.lag(&link, &load, &lag, target);
+            lags.push((link.clone(), load, lag, target));
         }
     }
     rig.proxy.set_delay(Duration::ZERO);
     eprintln!(
-        "apply throughput: {} creates while the mirror is cut off ...",
+        "{name}: apply throughput: {} creates while the mirror is cut off ...",
         a.catch_up_creates
     );
     round += 1;
     let catch_up = rig.catch_up(round, a.catch_up_creates).await?;
-    table.catch_up(&catch_up, fastest_source);
     rig.stop().await?;
 
-    if a.bootstrap_inodes > 0 {
-        eprintln!(
-            "bootstrap: filling a source with {} inodes ...",
-            a.bootstrap_inodes
-        );
-        let boot = bootstrap(&dir, a.bootstrap_inodes).await?;
-        table.bootstrap(&boot);
-    }
-    table.print();
-    Ok(())
+    let boot = if bootstrap_inodes > 0 {
+        eprintln!("{name}: bootstrap: filling a source with {bootstrap_inodes} inodes ...");
+        Some(bootstrap(engines, bootstrap_inodes).await?)
+    } else {
+        None
+    };
+    Ok(Results {
+        lags,
+        catch_up,
+        fastest_source,
+        boot,
+    })
 }
 
 type Client = FsClient<client::Authed>;
@@ -156,11 +241,15 @@ struct Rig {
     stop_follower: watch::Sender<bool>,
     clients: Vec<Client>,
     volume: String,
+    /// The etcd clusters of the source and the mirror, if on etcd.
+    _etcd: [Option<EtcdCluster>; 2],
 }
 
 impl Rig {
-    async fn start(dir: &Path, clients: usize) -> anyhow::Result<Rig> {
-        let source = LocalMeta::start(&subdir(dir, "source")?).await?;
+    async fn start(engines: &Engines, clients: usize) -> anyhow::Result<Rig> {
+        let (source_engine, source_etcd) = engines.open("source").await?;
+        let (mirror_engine, mirror_etcd) = engines.open("mirror").await?;
+        let source = LocalMeta::start_on(source_engine, None).await?;
         let (info, token) = source
             .fs
             .create_volume(NewVolume {
@@ -169,7 +258,7 @@ impl Rig {
             })
             .await?;
         let proxy = Proxy::start(socket_addr(&source.url)?).await?;
-        let mirror = Follower::start(&subdir(dir, "mirror")?, &proxy, &source.admin_token).await?;
+        let mirror = Follower::start(mirror_engine, &proxy, &source.admin_token).await?;
         let mut channels = Vec::with_capacity(clients);
         for _ in 0..clients {
             let ch = client::connect(&source.url, Duration::from_secs(5)).await?;
@@ -182,6 +271,7 @@ impl Rig {
             stop_follower: mirror.stop,
             clients: channels,
             volume: info.name,
+            _etcd: [source_etcd, mirror_etcd],
         };
         rig.caught_up().await?;
         Ok(rig)
@@ -231,7 +321,6 @@ impl Rig {
             hist.record(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX).max(1))?;
         }
         Ok(Lag {
-            creates: load.acks.len(),
             rate: load.acks.len() as f64 / load.elapsed.as_secs_f64(),
             revision_rate: (after.0 - before.0) as f64 / load.elapsed.as_secs_f64(),
             hist,
@@ -304,9 +393,12 @@ struct Follower {
 }
 
 impl Follower {
-    /// Opens an embedded engine in `dir` as a mirror and follows `proxy`'s upstream through it.
-    async fn start(dir: &Path, proxy: &Proxy, token: &str) -> anyhow::Result<Follower> {
-        let engine: Arc<dyn Engine> = Arc::new(EmbeddedEngine::open(&dir.join("meta.redb"))?);
+    /// Opens `engine` as a mirror and follows `proxy`'s upstream through it.
+    async fn start(
+        engine: Arc<dyn Engine>,
+        proxy: &Proxy,
+        token: &str,
+    ) -> anyhow::Result<Follower> {
         FsMeta::open_mirror(engine.clone()).await?;
         let mut config = FollowerConfig::new(proxy.url(), token);
         // Reconnect soon after the link comes back: the catch-up measures applying, not backoff.
@@ -518,7 +610,6 @@ async fn run_load(
 }
 
 struct Lag {
-    creates: usize,
     /// Creates per second.
     rate: f64,
     /// Source revisions per second (creates and the source's own bookkeeping).
@@ -566,8 +657,10 @@ struct Boot {
 }
 
 /// Fills a fresh source with `inodes` inodes, then times a fresh mirror's bootstrap from it.
-async fn bootstrap(dir: &Path, inodes: u64) -> anyhow::Result<Boot> {
-    let source = LocalMeta::start(&subdir(dir, "bootstrap-source")?).await?;
+async fn bootstrap(engines: &Engines, inodes: u64) -> anyhow::Result<Boot> {
+    let (source_engine, _source_etcd) = engines.open("bootstrap-source").await?;
+    let (mirror_engine, _mirror_etcd) = engines.open("bootstrap-mirror").await?;
+    let source = LocalMeta::start_on(source_engine, None).await?;
     let fs = source.fs.clone();
     let (info, token) = fs
         .create_volume(NewVolume {
@@ -617,9 +710,8 @@ async fn bootstrap(dir: &Path, inodes: u64) -> anyhow::Result<Boot> {
     );
 
     let proxy = Proxy::start(socket_addr(&source.url)?).await?;
-    let mirror_dir = subdir(dir, "bootstrap-mirror")?;
     let started = Instant::now();
-    let mirror = Follower::start(&mirror_dir, &proxy, &source.admin_token).await?;
+    let mirror = Follower::start(mirror_engine, &proxy, &source.admin_token).await?;
     wait_applied(&mirror.handle, head, CATCH_UP_LIMIT).await?;
     let time = started.elapsed();
     let keys = count_mirrored_keys(mirror.engine.as_ref()).await;
@@ -665,170 +757,257 @@ fn socket_addr(url: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{url} is not http://ADDRESS:PORT"))
 }
 
-/// The one table the run prints: every figure beside its target or comparison.
-#[derive(Default)]
+/// The one table the run prints: every figure of every engine, beside its target or comparison.
 struct Table {
-    rows: Vec<[String; 4]>,
-    verdicts: Vec<bool>,
+    engines: Vec<&'static str>,
+    /// Measurement, one cell per engine, target.
+    rows: Vec<(String, Vec<String>, String, String)>,
+    /// Every verdict given, per engine.
+    verdicts: Vec<Vec<bool>>,
 }
 
 impl Table {
-    fn row(&mut self, what: String, measured: String, target: String, ok: Option<bool>) {
-        let verdict = match ok {
-            Some(true) => "ok",
-            Some(false) => "MISSED",
-            None => "",
+    fn new(runs: &[(&'static str, Results)]) -> Table {
+        let mut t = Table {
+            engines: runs.iter().map(|(name, _)| *name).collect(),
+            rows: Vec::new(),
+            verdicts: vec![Vec::new(); runs.len()],
         };
-        self.verdicts.extend(ok);
-        self.rows.push([what, measured, target, verdict.to_owned()]);
+        let results: Vec<&Results> = runs.iter().map(|(_, r)| r).collect();
+        if let Some(first) = results.first() {
+            for i in 0..first.lags.len() {
+                t.lag(&results, i);
+            }
+        }
+        t.catch_up(&results);
+        t.bootstrap(&results);
+        t
     }
 
-    fn lag(&mut self, link: &str, load: &str, lag: &Lag, target: Duration) {
-        let p99 = lag.ms(0.99);
+    /// A row: `cell` gives each engine's measurement and verdict (`None`: not judged).
+    fn row<F>(&mut self, what: String, target: String, results: &[&Results], cell: F)
+    where
+        F: Fn(&Results) -> (String, Option<bool>),
+    {
+        let cells: Vec<_> = results.iter().map(|r| cell(r)).collect();
+        let judged = cells.iter().any(|(_, ok)| ok.is_some());
+        let verdict = if judged {
+            let words: Vec<&str> = cells
+                .iter()
+                .map(|(_, ok)| match ok {
+                    Some(true) => "ok",
+                    Some(false) => "MISSED",
+                    None => "-",
+                })
+                .collect();
+            words.join(" / ")
+        } else {
+            String::new()
+        };
+        for (v, (_, ok)) in self.verdicts.iter_mut().zip(&cells) {
+            v.extend(*ok);
+        }
+        let measured = cells.into_iter().map(|(m, _)| m).collect();
+        self.rows.push((what, measured, target, verdict));
+    }
+
+    fn lag(&mut self, results: &[&Results], i: usize) {
+        let (link, load, _, target) = &results[0].lags[i];
         self.row(
-            format!(
-                "lag p50/p99/max, {link}, {load} ({:.0} creates/s, {} creates)",
-                lag.rate, lag.creates
-            ),
-            format!(
-                "{:.1} / {:.1} / {:.1} ms",
-                lag.ms(0.5),
-                p99,
-                lag.hist.max() as f64 / 1000.0
-            ),
+            format!("lag p50/p99/max, {link}, {load}"),
             format!("p99 < {} ms", target.as_millis()),
-            Some(p99 < target.as_secs_f64() * 1000.0),
+            results,
+            |r| {
+                let Some((_, _, lag, target)) = r.lags.get(i) else {
+                    return ("-".into(), None);
+                };
+                let p99 = lag.ms(0.99);
+                (
+                    format!(
+                        "{:.1} / {:.1} / {:.1} ms at {:.0} creates/s",
+                        lag.ms(0.5),
+                        p99,
+                        lag.hist.max() as f64 / 1000.0,
+                        lag.rate
+                    ),
+                    Some(p99 < target.as_secs_f64() * 1000.0),
+                )
+            },
         );
     }
 
-    fn catch_up(&mut self, c: &CatchUp, fastest_source: f64) {
+    fn catch_up(&mut self, results: &[&Results]) {
+        let creates = results[0].catch_up.creates;
         self.row(
-            format!(
-                "source writes, mirror cut off ({} creates, {} revisions)",
-                c.creates, c.revisions
-            ),
-            format!("{:.0} rev/s", c.write_rate()),
+            format!("source writes, mirror cut off ({creates} creates)"),
             "the comparison".into(),
-            None,
+            results,
+            |r| {
+                let c = &r.catch_up;
+                (
+                    format!("{:.0} rev/s ({} revisions)", c.write_rate(), c.revisions),
+                    None,
+                )
+            },
         );
         self.row(
             "source writes, fastest lag run above".into(),
-            format!("{fastest_source:.0} rev/s"),
             "a second comparison".into(),
-            None,
+            results,
+            |r| (format!("{:.0} rev/s", r.fastest_source), None),
         );
-        // Judged against the faster of the two, so a slow cut-off phase cannot flatter it.
-        let ratio = c.apply_rate() / c.write_rate().max(fastest_source);
         self.row(
-            format!(
-                "mirror applies while catching up ({} revisions in {:.2} s)",
-                c.apply_revisions,
-                c.apply_time.as_secs_f64()
-            ),
-            format!(
-                "{:.0} rev/s = {:.1}x / {:.1}x",
-                c.apply_rate(),
-                c.apply_rate() / c.write_rate(),
-                c.apply_rate() / fastest_source.max(1e-9)
-            ),
+            "mirror applies while catching up (vs cut-off / fastest writes)".into(),
             format!(">= {APPLY_RATIO:.0}x both"),
-            Some(ratio >= APPLY_RATIO),
+            results,
+            |r| {
+                let c = &r.catch_up;
+                // Judged against the faster of the two, so a slow cut-off phase cannot flatter it.
+                let ratio = c.apply_rate() / c.write_rate().max(r.fastest_source);
+                (
+                    format!(
+                        "{:.0} rev/s = {:.1}x / {:.1}x ({} revisions in {:.2} s)",
+                        c.apply_rate(),
+                        c.apply_rate() / c.write_rate(),
+                        c.apply_rate() / r.fastest_source.max(1e-9),
+                        c.apply_revisions,
+                        c.apply_time.as_secs_f64()
+                    ),
+                    Some(ratio >= APPLY_RATIO),
+                )
+            },
         );
         self.row(
             "restore -> first apply / caught up".into(),
             format!(
-                "{} / {:.2} s",
-                c.first_apply
-                    .map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
-                c.total.as_secs_f64()
-            ),
-            format!(
                 "reconnect backoff <= {} ms",
                 RECONNECT_BACKOFF_MAX.as_millis()
             ),
-            None,
+            results,
+            |r| {
+                let c = &r.catch_up;
+                (
+                    format!(
+                        "{} / {:.2} s",
+                        c.first_apply
+                            .map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+                        c.total.as_secs_f64()
+                    ),
+                    None,
+                )
+            },
         );
     }
 
-    fn bootstrap(&mut self, b: &Boot) {
-        let secs = b.time.as_secs_f64();
+    fn bootstrap(&mut self, results: &[&Results]) {
+        if results.iter().all(|r| r.boot.is_none()) {
+            return;
+        }
+        let not_run = || ("not run".to_owned(), None);
         self.row(
-            format!(
-                "source filled directly through FsMeta ({BUILD_TASKS} tasks, {} inodes)",
-                b.inodes
-            ),
-            format!(
-                "{:.1} s, {:.0} inodes/s",
-                b.build_time.as_secs_f64(),
-                b.inodes as f64 / b.build_time.as_secs_f64()
-            ),
+            format!("source filled directly through FsMeta ({BUILD_TASKS} tasks)"),
             String::new(),
-            None,
+            results,
+            |r| match &r.boot {
+                Some(b) => (
+                    format!(
+                        "{} inodes in {:.1} s, {:.0} inodes/s",
+                        b.inodes,
+                        b.build_time.as_secs_f64(),
+                        b.inodes as f64 / b.build_time.as_secs_f64()
+                    ),
+                    None,
+                ),
+                None => not_run(),
+            },
         );
-        let (target, ok) = if b.inodes >= BOOTSTRAP_TARGET_INODES {
-            (
-                format!("< {BOOTSTRAP_SECS:.0} s"),
-                Some(secs < BOOTSTRAP_SECS),
-            )
-        } else {
-            (
-                format!("< {BOOTSTRAP_SECS:.0} s at {BOOTSTRAP_TARGET_INODES} inodes (not run)"),
-                None,
-            )
-        };
         self.row(
-            format!(
-                "bootstrap: {} inodes, {} keys, to revision {}",
-                b.inodes, b.keys, b.revision
-            ),
-            format!("{secs:.1} s, {:.0} keys/s", b.keys as f64 / secs),
-            target,
-            ok,
+            "bootstrap: inodes / keys / to revision".into(),
+            String::new(),
+            results,
+            |r| match &r.boot {
+                Some(b) => (format!("{} / {} / {}", b.inodes, b.keys, b.revision), None),
+                None => not_run(),
+            },
         );
-        let (measured, ok) = match &b.check {
-            Ok(c) if c.equal => (format!("equal, {} keys", c.keys_compared), Some(true)),
-            Ok(c) => (format!("{} divergences", c.divergences.len()), Some(false)),
-            Err(e) => (format!("failed: {e}"), Some(false)),
-        };
+        self.row(
+            "bootstrap time".into(),
+            format!(
+                "< {BOOTSTRAP_SECS:.0} s at {BOOTSTRAP_TARGET_INODES} inodes (judged at that size)"
+            ),
+            results,
+            |r| match &r.boot {
+                Some(b) => {
+                    let secs = b.time.as_secs_f64();
+                    (
+                        format!("{secs:.1} s, {:.0} keys/s", b.keys as f64 / secs),
+                        (b.inodes >= BOOTSTRAP_TARGET_INODES).then_some(secs < BOOTSTRAP_SECS),
+                    )
+                }
+                None => not_run(),
+            },
+        );
         self.row(
             "difference check after bootstrap".into(),
-            measured,
             "equal".into(),
-            ok,
+            results,
+            |r| match &r.boot {
+                Some(b) => match &b.check {
+                    Ok(c) if c.equal => (format!("equal, {} keys", c.keys_compared), Some(true)),
+                    Ok(c) => (format!("{} divergences", c.divergences.len()), Some(false)),
+                    Err(e) => (format!("failed: {e}"), Some(false)),
+                },
+                None => not_run(),
+            },
         );
     }
 
     fn print(&self) {
-        let header = ["measurement", "measured", "target / comparison", ""];
-        let mut width = header.map(str::len);
-        for r in &self.rows {
-            for (w, cell) in width.iter_mut().zip(r) {
-                *w = (*w).max(cell.len());
+        let mut header = vec!["measurement".to_owned()];
+        header.extend(self.engines.iter().map(|e| e.to_string()));
+        header.push("target / comparison".into());
+        header.push(String::new());
+        let lines: Vec<Vec<String>> = std::iter::once(header)
+            .chain(self.rows.iter().map(|(what, measured, target, verdict)| {
+                let mut line = vec![what.clone()];
+                line.extend(measured.iter().cloned());
+                line.push(target.clone());
+                line.push(verdict.clone());
+                line
+            }))
+            .collect();
+        let columns = self.engines.len() + 3;
+        let width: Vec<usize> = (0..columns)
+            .map(|c| lines.iter().map(|l| l[c].len()).max().unwrap_or(0))
+            .collect();
+        println!();
+        for line in &lines {
+            let mut out = String::new();
+            for (c, cell) in line.iter().enumerate() {
+                let w = width[c];
+                let piece = if c == 0 || c >= columns - 2 {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                };
+                if c > 0 {
+                    out.push_str(" | ");
+                }
+                out.push_str(&piece);
             }
+            println!("{}", out.trim_end());
         }
         println!();
-        let line = |r: [&str; 4]| {
-            println!(
-                "{:<w0$} | {:>w1$} | {:<w2$} | {}",
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                w0 = width[0],
-                w1 = width[1],
-                w2 = width[2]
-            );
-        };
-        line(header);
-        for r in &self.rows {
-            line([&r[0], &r[1], &r[2], &r[3]]);
-        }
-        println!();
+        let met: Vec<String> = self
+            .engines
+            .iter()
+            .zip(&self.verdicts)
+            .map(|(e, v)| format!("{e} {} of {}", v.iter().filter(|&&ok| ok).count(), v.len()))
+            .collect();
         println!(
             "lag: source acknowledgement of a create -> mirror applied its revision; creates \
-             are durable on both sides. targets met: {} of {}.",
-            self.verdicts.iter().filter(|&&v| v).count(),
-            self.verdicts.len()
+             are durable on both sides. targets met: {}.",
+            met.join(", ")
         );
     }
 }

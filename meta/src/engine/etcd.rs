@@ -9,26 +9,37 @@
 //! - `P d/<key>`: the engine's keys, values stored as they are;
 //! - `P e/base`: written once by the first engine to connect; its etcd `mod_revision` `B` is
 //!   the engine's revision 0, so engine revision `r` is etcd revision `B + r`;
-//! - `P e/commit`: rewritten by every transaction with its commit time and its mutations,
-//!   encoded as in [`encode_record`]. This makes every successful transaction exactly one etcd
-//!   revision (also one without mutations), and the changelog is the history of this one key:
-//!   [`Engine::watch`] watches it and decodes each version into a [`ChangeEntry`], so the
-//!   mutations come back exactly as committed (a `DeleteRange` stays one mutation).
+//! - `P e/commit`: rewritten by every transaction with its proposed commit time and its
+//!   mutations, in the changelog encoding shared with the embedded engine. This makes every
+//!   successful transaction exactly one etcd revision (also one without mutations), and the
+//!   changelog is the history of this one key: [`Engine::watch`] watches it and decodes each
+//!   version into a [`ChangeEntry`], so the mutations come back exactly as committed (a
+//!   `DeleteRange` stays one mutation);
+//! - `P e/time`: the commit time of the latest revision (see below).
 //!
 //! Transactions are mapped to one etcd transaction: compares on `mod_revision` (revision 0,
 //! "absent", becomes `version == 0`), then the mutations folded into their net effect (etcd
 //! refuses a transaction that writes one key twice or puts into a range it deletes), then the
-//! commit record. etcd's request limits (`--max-txn-ops`, `--max-request-bytes`) are checked
-//! before sending, against [`EtcdOptions`], with a message saying how to raise them.
+//! commit record and the time step below. etcd's request limits (`--max-txn-ops`,
+//! `--max-request-bytes`) are checked before sending, against [`EtcdOptions`], with a message
+//! saying how to raise them. Nothing else guards a transaction: independent transactions, from
+//! one process or several, commit concurrently and etcd orders them, so a transaction that does
+//! not commit is always a real [`TxnOutcome::Conflict`].
 //!
-//! Commit times are the wall clock of the committing process, never below the time of the commit
-//! before. Each transaction is guarded by a compare on the commit record it follows (its
-//! `mod_revision`, whose time the writer knows), so a writer never lands behind a later time;
-//! when another process committed in between, the guard fails, the else branch (a nested
-//! transaction on the caller's compares alone) tells that apart from a real conflict and reads
-//! the newer record, and the commit is retried after it. A process therefore sends its commits
-//! one at a time: etcd's throughput for one meta service is one commit per round trip (see
-//! `mirrorfs bench meta`). The watch stream also clamps times, as a last defence.
+//! Commit times. A process proposes the wall clock, never below the latest time it has written
+//! or seen, so its own proposals never go back. Concurrent commits can still land in another
+//! order than their proposals (or come from a process whose clock is ahead), so the proposal
+//! alone would make times go back along the changelog. Hence `P e/time`: an 8-byte big-endian
+//! time that every transaction raises to its proposal in the same etcd revision (a nested
+//! transaction: if the stored value is greater, read it, else write the proposal). `P e/time` at
+//! etcd revision `B + r` is therefore the largest proposal up to revision `r`, and that is the
+//! commit time of `r`, wherever it is read: [`Commit::time`] (the proposal, or the larger value
+//! the nested transaction read), [`Engine::head`] and [`Engine::snapshot`] (read with the commit
+//! record, at one revision), and [`Engine::watch`] (the records' proposals, clamped by a running
+//! maximum that starts from `P e/time` just before the first revision watched). So every reader
+//! sees the same time for a revision, and times never decrease along the changelog. A time is
+//! the committing process's clock, except that it is raised to an earlier revision's time when
+//! that one is later (by the few milliseconds of a reordering, or by the skew of a fast clock).
 //!
 //! Reads (get, range, head, snapshot pages) are retried a few times on connection errors, so
 //! that a client fails over to the remaining members when one dies; commits are not retried
@@ -130,17 +141,14 @@ struct Shared {
     options: EtcdOptions,
     data_prefix: Vec<u8>,
     commit_key: Vec<u8>,
+    /// `P e/time`, the commit time of the latest revision.
+    time_key: Vec<u8>,
     /// etcd revision of engine revision 0.
     base: i64,
-    /// The latest commit time this process has written or read.
+    /// The latest commit time this process has proposed or read: the floor of its proposals.
     last_time: AtomicU64,
     /// The compaction point (engine revision) as far as this process knows.
     compacted: AtomicU64,
-    /// The latest commit record this process knows: its etcd `mod_revision` (0: none yet) and
-    /// time.
-    last_commit: std::sync::Mutex<(i64, CommitTime)>,
-    /// Held by commits retrying after a failed guard, so that they take turns.
-    retrying: tokio::sync::Mutex<()>,
 }
 
 impl EtcdEngine {
@@ -189,11 +197,13 @@ impl EtcdEngine {
         }
         let client = Client::connect(&urls, Some(connect))
             .await
-            .map_err(|e| unavailable(&names, "connecting", &e))?;
+            .map_err(|e| failed(&names, &options, "connecting", &e))?;
         let mut data_prefix = options.prefix.clone();
         data_prefix.extend_from_slice(b"d/");
         let mut commit_key = options.prefix.clone();
         commit_key.extend_from_slice(b"e/commit");
+        let mut time_key = options.prefix.clone();
+        time_key.extend_from_slice(b"e/time");
         let mut base_key = options.prefix.clone();
         base_key.extend_from_slice(b"e/base");
 
@@ -203,19 +213,16 @@ impl EtcdEngine {
             options,
             data_prefix,
             commit_key,
+            time_key,
             base: 0,
             last_time: AtomicU64::new(0),
             compacted: AtomicU64::new(0),
-            last_commit: std::sync::Mutex::new((0, CommitTime(0))),
-            retrying: tokio::sync::Mutex::new(()),
         };
         shared.base = shared.initialise(&base_key).await?;
         let compacted = shared.find_compacted(&base_key).await?;
         shared.compacted.store(compacted.0, Ordering::Relaxed);
-        let (revision, time, _) = shared.read_head().await?;
-        if revision.0 > 0 {
-            shared.saw_commit(shared.etcd_revision(revision), time);
-        }
+        // Reading the head raises this process's floor to the latest commit time.
+        shared.read_head().await?;
         Ok(Self {
             shared: Arc::new(shared),
         })
@@ -273,7 +280,7 @@ impl Shared {
                 ));
             }
         }
-        unavailable(&self.endpoints, what, &e)
+        failed(&self.endpoints, &self.options, what, &e)
     }
 
     fn dkey(&self, key: &[u8]) -> Vec<u8> {
@@ -377,16 +384,14 @@ impl Shared {
         Ok(self.revision(hi))
     }
 
-    fn last_commit(&self) -> (i64, CommitTime) {
-        *self.last_commit.lock().unwrap_or_else(|p| p.into_inner())
+    /// The time to propose for a new commit: the wall clock, never below a time this process
+    /// has proposed or read.
+    fn propose_time(&self) -> CommitTime {
+        let now = CommitTime::now().0;
+        CommitTime(self.last_time.fetch_max(now, Ordering::Relaxed).max(now))
     }
 
-    /// Records a commit record seen at etcd revision `at`, if it is the latest known.
-    fn saw_commit(&self, at: i64, time: CommitTime) {
-        let mut last = self.last_commit.lock().unwrap_or_else(|p| p.into_inner());
-        if at > last.0 {
-            *last = (at, time);
-        }
+    fn saw_time(&self, time: CommitTime) {
         self.last_time.fetch_max(time.0, Ordering::Relaxed);
     }
 
@@ -456,30 +461,62 @@ impl Shared {
         })
     }
 
-    /// The latest commit record: its engine revision and time (0, 0 if none), and the etcd
-    /// revision of the read.
+    /// The latest commit: its engine revision and time (0, 0 if none), and the etcd revision
+    /// of the read.
     async fn read_head(&self) -> Result<(Revision, CommitTime, i64)> {
+        self.read_commit(0).await
+    }
+
+    /// The commit record and `P e/time` at etcd revision `at` (0: the latest), read together:
+    /// the engine revision and commit time of the latest commit up to `at` (0, 0 if none), and
+    /// the etcd revision read. The time is the larger of the two, so that a cluster written
+    /// before `P e/time` existed reads as before.
+    async fn read_commit(&self, at: i64) -> Result<(Revision, CommitTime, i64)> {
+        let mut end = self.time_key.clone();
+        end.push(0);
+        let mut opts = GetOptions::new().with_range(end);
+        if at != 0 {
+            opts = opts.with_revision(at);
+        }
         let resp = self
             .read("reading the head", |mut kv| {
-                let key = self.commit_key.clone();
-                async move { kv.get(key, None).await }
+                let (key, opts) = (self.commit_key.clone(), opts.clone());
+                async move { kv.get(key, Some(opts)).await }
             })
             .await?;
-        let at = header_revision(&resp.header().cloned(), self)?;
-        let Some(kv) = resp.kvs().first() else {
-            return Ok((Revision(0), CommitTime(0), at));
-        };
-        let revision = self.revision(kv.mod_revision());
-        let (time, _) = record::decode(kv.value())
-            .map_err(|d| self.corrupt(format_args!("commit record at revision {revision}"), d))?;
-        Ok((revision, time, at))
+        let read_at = header_revision(&resp.header().cloned(), self)?;
+        let (mut revision, mut time) = (Revision(0), CommitTime(0));
+        for kv in resp.kvs() {
+            if kv.key() == self.commit_key {
+                revision = self.revision(kv.mod_revision());
+                let (t, _) = record::decode(kv.value()).map_err(|d| {
+                    self.corrupt(format_args!("commit record at revision {revision}"), d)
+                })?;
+                time = time.max(t);
+            } else if kv.key() == self.time_key {
+                time = time.max(self.decode_time(kv.value())?);
+            }
+        }
+        self.saw_time(time);
+        Ok((revision, time, read_at))
+    }
+
+    fn decode_time(&self, raw: &[u8]) -> Result<CommitTime> {
+        let raw: [u8; 8] = raw.try_into().map_err(|_| {
+            self.corrupt(
+                String::from_utf8_lossy(&self.time_key),
+                format!("a commit time of {} bytes instead of 8", raw.len()),
+            )
+        })?;
+        Ok(CommitTime(u64::from_be_bytes(raw)))
     }
 
     /// Checks `txn` against the configured etcd limits and builds the etcd transaction.
-    fn build(&self, txn: &Txn, time: CommitTime, after: i64) -> Result<EtcdTxn> {
+    fn build(&self, txn: &Txn, time: CommitTime) -> Result<EtcdTxn> {
         let ops = net_effect(&txn.mutations);
         let record = record::encode(time, &txn.mutations);
-        let n_ops = ops.len() + 1;
+        // The mutations, the commit record and the time step.
+        let n_ops = ops.len() + 2;
         let limit = self.options.max_txn_ops;
         if n_ops > limit || txn.compares.len() + 1 > limit {
             return Err(EngineError::Invalid(format!(
@@ -488,7 +525,8 @@ impl Shared {
                 self.endpoints
             )));
         }
-        let mut bytes = record.len() + self.commit_key.len() + REQUEST_OVERHEAD;
+        let mut bytes =
+            record.len() + self.commit_key.len() + 3 * (self.time_key.len() + 8 + REQUEST_OVERHEAD);
         let mut compares = Vec::with_capacity(txn.compares.len());
         for c in &txn.compares {
             match c {
@@ -535,20 +573,42 @@ impl Shared {
             )));
         }
         etcd_ops.push(TxnOp::put(self.commit_key.clone(), record, None));
-        let guard = if after == 0 {
-            EtcdCompare::version(self.commit_key.clone(), CompareOp::Equal, 0)
-        } else {
-            EtcdCompare::mod_revision(self.commit_key.clone(), CompareOp::Equal, after)
-        };
-        let diagnose = EtcdTxn::new()
-            .when(compares.clone())
-            .and_then([TxnOp::get(self.commit_key.clone(), None)]);
-        let mut guarded = compares;
-        guarded.push(guard);
-        Ok(EtcdTxn::new()
-            .when(guarded)
-            .and_then(etcd_ops)
-            .or_else([TxnOp::txn(diagnose)]))
+        // Raise `P e/time` to `time`, or read the later time it holds (a missing key fails the
+        // value compare, so the first commit writes it).
+        let encoded = time.0.to_be_bytes().to_vec();
+        let time_step = EtcdTxn::new()
+            .when([EtcdCompare::value(
+                self.time_key.clone(),
+                CompareOp::Greater,
+                encoded.clone(),
+            )])
+            .and_then([TxnOp::get(self.time_key.clone(), None)])
+            .or_else([TxnOp::put(self.time_key.clone(), encoded, None)]);
+        etcd_ops.push(TxnOp::txn(time_step));
+        Ok(EtcdTxn::new().when(compares).and_then(etcd_ops))
+    }
+
+    /// The commit time of a transaction that committed with proposal `time`: the later time
+    /// its time step read, if it read one.
+    fn committed_time(
+        &self,
+        resp: &etcd_client::TxnResponse,
+        time: CommitTime,
+    ) -> Result<CommitTime> {
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Txn(step) = op
+                && step.succeeded()
+            {
+                for op in step.op_responses() {
+                    if let TxnOpResponse::Get(get) = op
+                        && let Some(kv) = get.kvs().first()
+                    {
+                        return Ok(time.max(self.decode_time(kv.value())?));
+                    }
+                }
+            }
+        }
+        Ok(time)
     }
 }
 
@@ -575,9 +635,84 @@ fn is_compacted(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("compacted"))
 }
 
-fn unavailable(endpoints: &str, what: &str, e: &etcd_client::Error) -> EngineError {
+/// `e` with its causes: a transport error's causes say what TLS disliked.
+fn describe(e: &etcd_client::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let m = cause.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+/// The error for a failed request: refused credentials and permissions (which a retry cannot
+/// fix) are [`EngineError::Invalid`] saying which setting to check; anything else is
+/// [`EngineError::Unavailable`], with a hint about TLS when the connection failed in it.
+fn failed(
+    endpoints: &str,
+    options: &EtcdOptions,
+    what: &str,
+    e: &etcd_client::Error,
+) -> EngineError {
+    let user = options.user.as_ref().map(|(u, _)| u.as_str());
+    if let etcd_client::Error::GRpcStatus(status) = e {
+        let message = status.message();
+        let code = status.code();
+        if code == tonic::Code::Unauthenticated
+            || message.contains("authentication failed")
+            || message.contains("invalid auth token")
+            || message.contains("user name is empty")
+        {
+            let who = match user {
+                Some(u) => format!("user {u:?}"),
+                None => "a client without a user name".into(),
+            };
+            return EngineError::Invalid(format!(
+                "etcd at {endpoints} did not authenticate {who} while {what} (unauthenticated: {message}); check --etcd-user and --etcd-password-file"
+            ));
+        }
+        if code == tonic::Code::PermissionDenied || message.contains("permission denied") {
+            return EngineError::Invalid(format!(
+                "etcd at {endpoints} denied {what} to user {:?} (permission denied: {message}); grant its role read-write access to the keys under {:?}",
+                user.unwrap_or(""),
+                String::from_utf8_lossy(&options.prefix)
+            ));
+        }
+    }
+    let detail = describe(e);
+    let lower = detail.to_ascii_lowercase();
+    let hint = if ["certificate", "tls", "handshake", "unknownissuer", "x509"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        "the TLS handshake failed: check the CA bundle (--etcd-ca-file), the client certificate \
+         (--etcd-cert-file, --etcd-key-file) and that the server certificates name the endpoint \
+         hosts"
+    } else if lower.contains("connection reset") || lower.contains("broken pipe") {
+        match &options.tls {
+            Some(tls) if tls.identity_pem.is_none() => {
+                "the server closed the connection: if etcd runs with --client-cert-auth, give a \
+                 client certificate signed by its trusted CA (--etcd-cert-file, --etcd-key-file)"
+            }
+            Some(_) => {
+                "the server closed the connection: check that etcd trusts the CA of the client \
+                 certificate (its --trusted-ca-file)"
+            }
+            None => {
+                "the server closed the connection: check whether etcd requires TLS \
+                 (--etcd-ca-file)"
+            }
+        }
+    } else {
+        "check that the etcd cluster is running and reachable"
+    };
     EngineError::Unavailable(format!(
-        "etcd at {endpoints} failed while {what}: {e}; check that the etcd cluster is running and reachable"
+        "etcd at {endpoints} failed while {what}: {detail}; {hint}"
     ))
 }
 
@@ -613,59 +748,28 @@ impl Engine for EtcdEngine {
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome> {
         let s = &*self.shared;
-        // Every commit is guarded by the commit record it follows, so its time is never below
-        // the one before it. The first attempt goes at once; after a failed guard (another
-        // commit landed in between) the retries take turns within this process.
-        let mut turn = None;
-        loop {
-            let last = s.last_commit();
-            let time = CommitTime::now().max(last.1);
-            let request = s.build(&txn, time, last.0)?;
-            let resp = s
-                .kv()
-                .txn(request)
-                .await
-                .map_err(|e| s.err("committing a transaction", e))?;
-            if resp.succeeded() {
-                let at = header_revision(&resp.header().cloned(), s)?;
-                s.saw_commit(at, time);
-                return Ok(TxnOutcome::Committed(Commit {
-                    revision: s.revision(at),
-                    time,
-                }));
-            }
-            // The else branch: a nested transaction on the caller's compares alone, reading the
-            // latest commit record if they hold.
-            let mut guard_failed = false;
-            for op in resp.op_responses() {
-                if let TxnOpResponse::Txn(inner) = op
-                    && inner.succeeded()
-                {
-                    guard_failed = true;
-                    for op in inner.op_responses() {
-                        if let TxnOpResponse::Get(get) = op
-                            && let Some(kv) = get.kvs().first()
-                        {
-                            let (t, _) = record::decode(kv.value())
-                                .map_err(|d| s.corrupt("the latest commit record", d))?;
-                            s.saw_commit(kv.mod_revision(), t);
-                        }
-                    }
-                }
-            }
-            if !guard_failed {
-                return Ok(TxnOutcome::Conflict);
-            }
-            if turn.is_none() {
-                turn = Some(s.retrying.lock().await);
-            }
+        let proposal = s.propose_time();
+        let request = s.build(&txn, proposal)?;
+        let resp = s
+            .kv()
+            .txn(request)
+            .await
+            .map_err(|e| s.err("committing a transaction", e))?;
+        if !resp.succeeded() {
+            return Ok(TxnOutcome::Conflict);
         }
+        let at = header_revision(&resp.header().cloned(), s)?;
+        let time = s.committed_time(&resp, proposal)?;
+        s.saw_time(time);
+        Ok(TxnOutcome::Committed(Commit {
+            revision: s.revision(at),
+            time,
+        }))
     }
 
     async fn head(&self) -> Result<Head> {
         let s = &*self.shared;
         let (revision, time, _) = s.read_head().await?;
-        s.last_time.fetch_max(time.0, Ordering::Relaxed);
         Ok(Head {
             revision,
             time,
@@ -704,7 +808,9 @@ impl Engine for EtcdEngine {
         let (tx, rx) = mpsc::channel(WATCH_AHEAD);
         tokio::spawn(async move {
             let mut next = from;
-            let mut last_time = CommitTime(0);
+            // The commit time of the entry before: unknown until the first entry, whose time is
+            // read from `P e/time` at its revision (see the module docs).
+            let mut last_time: Option<CommitTime> = None;
             loop {
                 let message = tokio::select! {
                     m = stream.message() => m,
@@ -757,18 +863,22 @@ impl Engine for EtcdEngine {
                             ),
                         ))
                     } else {
-                        record::decode(kv.value())
-                            .map_err(|d| {
+                        let floor = match last_time {
+                            Some(t) => Ok(t),
+                            None => s.read_commit(kv.mod_revision()).await.map(|(_, t, _)| t),
+                        };
+                        floor.and_then(|floor| {
+                            let (time, mutations) = record::decode(kv.value()).map_err(|d| {
                                 s.corrupt(format_args!("changelog revision {revision}"), d)
+                            })?;
+                            let time = floor.max(time);
+                            last_time = Some(time);
+                            Ok(ChangeEntry {
+                                revision,
+                                time,
+                                mutations,
                             })
-                            .map(|(time, mutations)| {
-                                last_time = last_time.max(time);
-                                ChangeEntry {
-                                    revision,
-                                    time: last_time,
-                                    mutations,
-                                }
-                            })
+                        })
                     };
                     let failed = entry.is_err();
                     if tx.send(entry).await.is_err() || failed {
