@@ -9,6 +9,7 @@ mod gc;
 mod local;
 mod replicate;
 mod serve;
+mod sync;
 mod token;
 
 use clap::Parser;

@@ -63,6 +63,8 @@ impl S3Server {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((socket, _)) = accepted else { continue };
+                        // Without it, small responses wait for delayed ACKs (~40 ms each).
+                        let _ = socket.set_nodelay(true);
                         let conn = http
                             .serve_connection(TokioIo::new(socket), service.clone())
                             .into_owned();
