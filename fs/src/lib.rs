@@ -7,14 +7,17 @@
 //! - [`write`]: write buffering into blocks; [`read`]: extent maps, block assembly, readahead;
 //! - [`watch`]: the follower of the volume's change stream that keeps the caches coherent;
 //! - [`replication`]: the replication workers a mirror mount runs;
-//! - [`error`]: [`FsError`] and its errno.
+//! - [`error`]: [`FsError`] and its errno;
+//! - [`fuse`]: the thin fuser adapter; [`mount`]: the mount lifecycle of `mirrorfs mount`.
 
 pub mod cache;
 pub mod core;
 pub mod data;
 pub mod error;
+pub mod fuse;
 pub mod handles;
 pub mod meta;
+pub mod mount;
 pub mod read;
 pub mod replication;
 pub mod watch;

@@ -29,10 +29,7 @@ pub fn spawn(args: Vec<OsString>, log_file: Option<&Path>) -> Result<u32, MountE
                 .append(true)
                 .open(path)
                 .map_err(|e| {
-                    MountError::Background(format!(
-                        "cannot open log file {}: {e}",
-                        path.display()
-                    ))
+                    MountError::Background(format!("cannot open log file {}: {e}", path.display()))
                 })?,
         ),
         None => Stdio::null(),
