@@ -47,6 +47,15 @@ pub enum Command {
     /// concurrent, only missing objects unless --check, with --dry-run, --bwlimit, progress and
     /// a summary; exits non-zero if anything failed.
     Sync(crate::sync::SyncArgs),
+    /// Mount a volume as a local directory (FUSE): read-write on a source cluster, read-only
+    /// on a mirror cluster.
+    Mount(crate::mount::MountArgs),
+    /// Unmount a mirrorfs mount (waits for nothing: open files keep the old connection).
+    Umount(crate::mount::UmountArgs),
+    /// Copy a local tree into a volume without mounting it.
+    Cp(crate::cp::CpArgs),
+    /// The CSI driver (controller, node, or both) on a Unix socket.
+    Csi(crate::csi::CsiArgs),
     /// Benchmarks that print their comparison, measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -221,6 +230,11 @@ pub enum BenchCommand {
     /// Blocks copied per second into a mirror bucket with 1..16 workers beside `rclone copy`,
     /// and fallback read latency.
     Replicate(crate::bench::ReplicateBenchArgs),
+    /// Sequential and random reads and writes and a metadata workload through a mount, beside
+    /// the same work on a local directory of the same disk.
+    Fs(crate::bench::fs::FsBenchArgs),
+    /// CSI CreateVolume and NodePublish latency, 1 and 32 concurrent callers.
+    Csi(crate::bench::csi::CsiBenchArgs),
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -235,9 +249,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Replicate(a) => crate::replicate::run(a).await,
         Command::Gc(a) => crate::gc::run(a).await,
         Command::Sync(a) => crate::sync::run(a).await,
+        Command::Mount(a) => crate::mount::run(a).await,
+        Command::Umount(a) => crate::mount::umount(a).await,
+        Command::Cp(a) => crate::cp::run(a).await,
+        Command::Csi(a) => crate::csi::run(a).await,
         Command::Bench(BenchCommand::Meta(a)) => crate::bench::meta(a).await,
         Command::Bench(BenchCommand::Mirror(a)) => crate::bench::mirror(a).await,
         Command::Bench(BenchCommand::Replicate(a)) => crate::bench::replicate(a).await,
+        Command::Bench(BenchCommand::Fs(a)) => crate::bench::fs::run(a).await,
+        Command::Bench(BenchCommand::Csi(a)) => crate::bench::csi::run(a).await,
     }
 }
 

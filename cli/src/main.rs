@@ -4,9 +4,12 @@
 mod admin;
 mod args;
 mod bench;
+mod cp;
+mod csi;
 mod demo;
 mod gc;
 mod local;
+mod mount;
 mod replicate;
 mod serve;
 mod sync;

@@ -1,0 +1,1 @@
+//! The mirror-aware CSI driver (`csi.mirrorfs.io`).
