@@ -693,7 +693,10 @@ fn failed(
         "the TLS handshake failed: check the CA bundle (--etcd-ca-file), the client certificate \
          (--etcd-cert-file, --etcd-key-file) and that the server certificates name the endpoint \
          hosts"
-    } else if lower.contains("connection reset") || lower.contains("broken pipe") {
+    } else if ["connection reset", "broken pipe", "connection closed"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
         match &options.tls {
             Some(tls) if tls.identity_pem.is_none() => {
                 "the server closed the connection: if etcd runs with --client-cert-auth, give a \
