@@ -1,0 +1,1 @@
+//! Harness of the CSI driver's end-to-end tests.
