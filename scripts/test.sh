@@ -5,8 +5,9 @@ cd "$(dirname "$0")/.."
 
 # etcd-server: the etcd engine's tests start real etcd processes (they fail, never skip, without
 # it); protobuf-compiler and libprotobuf-dev (the well-known .proto files): etcd-client generates
-# its gRPC code at build time.
-./scripts/setup.sh etcd-server protobuf-compiler libprotobuf-dev
+# its gRPC code at build time; fuse3: fusermount3 and the FUSE tests' mounts; rclone: the peer
+# that `mirrorfs bench replicate` measures against.
+./scripts/setup.sh etcd-server protobuf-compiler libprotobuf-dev fuse3 rclone
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -26,5 +27,8 @@ fi
 echo "== benchmark smoke run (tiny sizes; the real figures come from 'mirrorfs bench')"
 cargo run --quiet --release --locked -p mirrorfs -- bench meta --clients 1,4 --files-per-client 50 --etcd >/dev/null
 MIRRORFS_LOG=error cargo run --quiet --release --locked -p mirrorfs -- bench mirror --duration 1s \
-  --clients 4 --paced-rate 100 --catch-up-creates 500 --bootstrap-inodes 2000 >/dev/null
+  --clients 4 --paced-rate 100 --catch-up-creates 500 --bootstrap-inodes 2000 \
+  --etcd --etcd-bootstrap-inodes 500 >/dev/null
+MIRRORFS_LOG=error cargo run --quiet --release --locked -p mirrorfs -- bench replicate \
+  --small-blocks 40 --large-blocks 4 --workers 1,4 --latency-reads 10 >/dev/null
 echo "all tests passed"
