@@ -251,6 +251,16 @@ impl MetaCache {
         attrs.remove(&ino);
     }
 
+    /// Drops the cached attributes of `ino` unless they are from `revision` or later.
+    pub fn invalidate_attr_before(&self, ino: u64, revision: u64) {
+        let mut attrs = lock(&self.attrs);
+        if attrs.get(&ino).is_some_and(|a| a.revision >= revision) {
+            return;
+        }
+        self.bump(self.shard(("i", ino)));
+        attrs.remove(&ino);
+    }
+
     pub fn invalidate_entry(&self, parent: u64, name: &[u8]) {
         let mut entries = lock(&self.entries);
         self.bump(self.shard(("e", parent, name)));

@@ -402,7 +402,14 @@ impl FsCore {
                 f.invalidate_map();
                 attr
             }
-            _ => attr_of(self.meta.setattr(req).await?, "setattr")?,
+            (None, Some(st)) => {
+                // Buffered writes are committed first: their commit would otherwise stamp the
+                // mtime after an explicit one (`cp -a`, `tar x` set it after writing).
+                let _held = st.commit.lock().await;
+                self.flush_locked(ino, &st).await?;
+                attr_of(self.meta.setattr(req).await?, "setattr")?
+            }
+            (_, None) => attr_of(self.meta.setattr(req).await?, "setattr")?,
         };
         if set != SetAttr::default() {
             self.own_revision(attr.revision);
@@ -693,6 +700,40 @@ impl FsCore {
     }
 
     /// `flags`: `libc::RENAME_NOREPLACE` and/or `libc::RENAME_EXCHANGE`.
+    /// A refused rename onto a directory that contains the source is ENOTEMPTY, whatever the
+    /// kinds, as the kernel answers before it asks any file system.
+    async fn rename_error(
+        &self,
+        e: FsError,
+        parent: u64,
+        new_parent: u64,
+        new_name: &[u8],
+    ) -> FsError {
+        if matches!(e, FsError::NotFound(_) | FsError::Unavailable(_)) {
+            return e;
+        }
+        let Ok(target) = self.lookup(new_parent, new_name).await else {
+            return e;
+        };
+        let mut dir = parent;
+        for _ in 0..4096 {
+            if dir == target.ino {
+                return FsError::NotEmpty(format!(
+                    "rename onto {:?}: it contains the source",
+                    String::from_utf8_lossy(new_name)
+                ));
+            }
+            if dir == self.root {
+                break;
+            }
+            match lock(&self.parents).get(&dir) {
+                Some(&up) if up != dir => dir = up,
+                _ => break,
+            }
+        }
+        e
+    }
+
     pub async fn rename(
         &self,
         parent: u64,
@@ -720,7 +761,11 @@ impl FsCore {
                 no_replace: flags & libc::RENAME_NOREPLACE != 0,
                 exchange: flags & libc::RENAME_EXCHANGE != 0,
             })
-            .await?;
+            .await;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => return Err(self.rename_error(e, parent, new_parent, new_name).await),
+        };
         self.cache.invalidate_entry(parent, name);
         self.cache.invalidate_entry(new_parent, new_name);
         self.cache.invalidate_attr(parent);

@@ -80,7 +80,12 @@ impl FsCore {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         for &ino in &change.inodes {
-            self.cache.invalidate_attr(ino);
+            if tell {
+                self.cache.invalidate_attr(ino);
+            } else {
+                // This client's own change: what it cached from the reply is at least as new.
+                self.cache.invalidate_attr_before(ino, change.revision);
+            }
             let st = lock(&self.inodes).get(&ino).cloned();
             if let Some(st) = st {
                 lock(&st.file).invalidate_map();

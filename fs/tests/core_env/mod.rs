@@ -53,9 +53,15 @@ impl Served {
     }
 
     /// Stops the service and waits until its port is closed.
+    /// Graceful: the service closes its connections (aborting the accept loop alone would
+    /// leave established connections served by their own tasks).
     pub async fn stop(&mut self) {
         self.stop.send_replace(true);
-        if let Some(t) = self.task.take() {
+        if let Some(mut t) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(5), &mut t)
+                .await
+                .is_err()
+        {
             t.abort();
             let _ = t.await;
         }
