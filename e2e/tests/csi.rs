@@ -1,0 +1,1163 @@
+//! The CSI driver end to end, called as Kubernetes calls it: an external-provisioner-like
+//! caller (CreateVolume/DeleteVolume with the StorageClass parameters, the extra create
+//! metadata and the provisioner secret) and a kubelet-like caller (NodeStage/NodePublish/
+//! NodeUnpublish/NodeUnstage with kubelet's path layout and `readonly=false` for a ReadOnlyMany
+//! claim), against real source and mirror meta services, the real `mirrorfs csi` process, real
+//! FUSE mounts started by it and real bind mounts; pods are separate processes.
+//!
+//! Needs root and /dev/fuse: without them every test fails and says so.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mirrorfs_csi::csi::volume_capability::access_mode::Mode;
+use mirrorfs_csi::csi::{self as pb};
+use mirrorfs_e2e::cluster::{Cluster, MIRROR_VOLUME, NODE_ID, Options, REGION};
+use mirrorfs_e2e::kube::{Claim, PersistentVolume, capability, token_secret};
+use mirrorfs_e2e::mounts::{self, MountEntry};
+use mirrorfs_e2e::pod::{NOBODY, Pod};
+use mirrorfs_e2e::process::{kill_pid, wait_for};
+use tonic::Code;
+
+const TRAIN: &str = "/teams/vision/imagenet/train";
+
+fn pod() -> Pod {
+    Pod::new(env!("CARGO_BIN_EXE_mirrorfs-e2e-pod"))
+}
+
+/// Asserts `r` failed with one of `codes` and a message containing every one of `needles`.
+fn assert_fails<T: std::fmt::Debug>(
+    what: &str,
+    r: Result<T, tonic::Status>,
+    codes: &[Code],
+    needles: &[&str],
+) -> tonic::Status {
+    let st = match r {
+        Ok(v) => panic!("{what} should fail with {codes:?}, got Ok({v:?})"),
+        Err(st) => st,
+    };
+    assert!(
+        codes.contains(&st.code()),
+        "{what}: expected {codes:?}, got {:?}: {}",
+        st.code(),
+        st.message()
+    );
+    for n in needles {
+        assert!(
+            st.message().contains(n),
+            "{what}: the message should name {n:?}: {:?}",
+            st.message()
+        );
+    }
+    st
+}
+
+fn ok<T>(what: &str, r: Result<T, tonic::Status>) -> T {
+    r.unwrap_or_else(|st| panic!("{what} failed: {:?}: {}", st.code(), st.message()))
+}
+
+/// The one mount at `target`, read-only at the mount level, a bind of `root` of a mirrorfs
+/// FUSE file system (which is read-only itself).
+fn assert_read_only_bind(target: &Path, root: &str) -> MountEntry {
+    let ms = mounts::mounts_at(target);
+    assert_eq!(
+        ms.len(),
+        1,
+        "exactly one mount at {} (no stacked mounts): {ms:#?}",
+        target.display()
+    );
+    let m = ms.into_iter().next().expect("one mount");
+    assert!(m.mount_ro(), "the target is not mounted ro: {m:#?}");
+    assert!(m.is_fuse(), "the target is not a FUSE mount: {m:#?}");
+    assert_eq!(m.root, root, "the target binds the wrong directory: {m:#?}");
+    m
+}
+
+/// The one FUSE mount at the staging path, read-only.
+fn assert_staged(staging: &Path) -> MountEntry {
+    let ms = mounts::mounts_at(staging);
+    assert_eq!(
+        ms.len(),
+        1,
+        "exactly one mount at the staging path {}: {ms:#?}",
+        staging.display()
+    );
+    let m = ms.into_iter().next().expect("one mount");
+    assert!(m.is_fuse(), "the staging mount is not FUSE: {m:#?}");
+    assert!(
+        m.mount_ro() || m.super_ro(),
+        "the staging mount is writable: {m:#?}"
+    );
+    m
+}
+
+/// A pod reads exactly the source's files under `dir` through `target`, as root and as nobody.
+fn assert_pod_reads(c: &Cluster, target: &Path, dir: &str) {
+    let want = c.data.files_under(dir);
+    assert!(!want.is_empty(), "the data set has files under {dir}");
+    for p in [pod(), pod().as_user(NOBODY)] {
+        let r = p.read(target);
+        assert!(r.errors.is_empty(), "the pod met errors: {:?}", r.errors);
+        assert_eq!(
+            r.files.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "the pod sees other files than the source has under {dir}"
+        );
+        for (path, bytes) in &want {
+            assert!(
+                r.files.get(path) == Some(bytes),
+                "{path}: the pod read other bytes than the source's ({} bytes)",
+                bytes.len()
+            );
+        }
+    }
+}
+
+/// Every kind of write through `target` fails with EROFS, as root and as nobody.
+fn assert_writes_fail_erofs(target: &Path, file: &str, subdir: &str) {
+    for (who, p) in [("root", pod()), ("nobody", pod().as_user(NOBODY))] {
+        let results = p.write_probe(target, &target.join(file), &target.join(subdir));
+        assert!(
+            results.len() >= 15,
+            "the probe ran every write: {results:?}"
+        );
+        let wrong: Vec<_> = results
+            .iter()
+            .filter(|(_, errno)| *errno != libc::EROFS)
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "as {who}, writes that did not fail with EROFS ({}): {wrong:?}",
+            libc::EROFS
+        );
+    }
+}
+
+async fn wait_enotconn(path: &Path) {
+    let p = path.to_owned();
+    wait_for(
+        &format!("{} to report ENOTCONN", path.display()),
+        Duration::from_secs(20),
+        || {
+            let p = p.clone();
+            async move {
+                std::fs::metadata(&p)
+                    .err()
+                    .and_then(|e| e.raw_os_error())
+                    .is_some_and(|e| e == libc::ENOTCONN)
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Kills (by pid) every FUSE daemon serving `staging` and waits for the mount to break.
+async fn kill_mount_daemons(c: &Cluster, staging: &Path) -> Vec<i32> {
+    let pids = c.mount_daemons(staging);
+    assert!(
+        !pids.is_empty(),
+        "no FUSE daemon names the staging path {} in its command line",
+        staging.display()
+    );
+    for p in &pids {
+        assert!(
+            kill_pid(*p, Duration::from_secs(10)),
+            "the FUSE daemon {p} did not die"
+        );
+    }
+    wait_enotconn(staging).await;
+    pids
+}
+
+async fn no_mounts_left(c: &Cluster) {
+    let root = c.kubelet.root.clone();
+    let r = wait_for(
+        "every mount under the kubelet root to go",
+        Duration::from_secs(10),
+        || {
+            let root = root.clone();
+            async move { mounts::mounts_under(&root).is_empty() }
+        },
+    )
+    .await;
+    assert!(
+        r.is_ok(),
+        "mounts left under the kubelet root: {:#?}",
+        mounts::mounts_under(&c.kubelet.root)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_and_node_info() {
+    let c = Cluster::start().await;
+    let info = ok(
+        "GetPluginInfo",
+        c.driver
+            .identity()
+            .get_plugin_info(pb::GetPluginInfoRequest {})
+            .await,
+    )
+    .into_inner();
+    assert_eq!(info.name, "csi.mirrorfs.io");
+    assert!(
+        !info.vendor_version.is_empty(),
+        "vendor_version is required"
+    );
+
+    let caps = ok(
+        "GetPluginCapabilities",
+        c.driver
+            .identity()
+            .get_plugin_capabilities(pb::GetPluginCapabilitiesRequest {})
+            .await,
+    )
+    .into_inner();
+    let controller_service = caps.capabilities.iter().any(|cap| {
+        matches!(
+            cap.r#type,
+            Some(pb::plugin_capability::Type::Service(s))
+                if s.r#type == pb::plugin_capability::service::Type::ControllerService as i32
+        )
+    });
+    assert!(
+        controller_service,
+        "CONTROLLER_SERVICE not offered: {caps:?}"
+    );
+
+    let node_info = ok(
+        "NodeGetInfo",
+        c.driver
+            .node()
+            .node_get_info(pb::NodeGetInfoRequest {})
+            .await,
+    )
+    .into_inner();
+    assert_eq!(node_info.node_id, NODE_ID);
+    let topology = node_info.accessible_topology.unwrap_or_default();
+    assert_eq!(
+        topology
+            .segments
+            .get("topology.csi.mirrorfs.io/region")
+            .map(String::as_str),
+        Some(REGION),
+        "the region key is advertised"
+    );
+
+    let node_caps = ok(
+        "NodeGetCapabilities",
+        c.driver
+            .node()
+            .node_get_capabilities(pb::NodeGetCapabilitiesRequest {})
+            .await,
+    )
+    .into_inner();
+    let stage = node_caps.capabilities.iter().any(|cap| {
+        matches!(
+            cap.r#type,
+            Some(pb::node_service_capability::Type::Rpc(r))
+                if r.r#type == pb::node_service_capability::rpc::Type::StageUnstageVolume as i32
+        )
+    });
+    assert!(stage, "STAGE_UNSTAGE_VOLUME not offered: {node_caps:?}");
+
+    let ctrl_caps = ok(
+        "ControllerGetCapabilities",
+        c.driver
+            .controller()
+            .controller_get_capabilities(pb::ControllerGetCapabilitiesRequest {})
+            .await,
+    )
+    .into_inner();
+    let create = ctrl_caps.capabilities.iter().any(|cap| {
+        matches!(
+            cap.r#type,
+            Some(pb::controller_service_capability::Type::Rpc(r))
+                if r.r#type == pb::controller_service_capability::rpc::Type::CreateDeleteVolume as i32
+        )
+    });
+    assert!(create, "CREATE_DELETE_VOLUME not offered: {ctrl_caps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_many_claim_from_provisioning_to_deletion() {
+    let c = Cluster::start().await;
+    let sc = c.class(&[("pathPattern", "/teams/${pvc.metadata.name}/imagenet/train")]);
+    let claim = c.claim("vision");
+    let mut ctrl = c.driver.controller();
+    let pv = ok(
+        "CreateVolume",
+        c.provisioner.provision(&mut ctrl, &sc, &claim).await,
+    );
+    assert!(
+        !pv.volume_handle.is_empty() && pv.volume_handle.len() <= 128,
+        "volume ids are 1..=128 bytes: {:?}",
+        pv.volume_handle
+    );
+    assert!(
+        !pv.volume_attributes
+            .values()
+            .any(|v| v.contains(&c.mirror_token)),
+        "the volume context carries the token: {:?}",
+        pv.volume_attributes
+    );
+
+    let v = ok(
+        "ValidateVolumeCapabilities",
+        ctrl.validate_volume_capabilities(pb::ValidateVolumeCapabilitiesRequest {
+            volume_id: pv.volume_handle.clone(),
+            volume_context: pv.volume_attributes.clone(),
+            volume_capabilities: vec![capability(Mode::MultiNodeReaderOnly)],
+            ..Default::default()
+        })
+        .await,
+    )
+    .into_inner();
+    assert!(
+        v.confirmed.is_some(),
+        "ReadOnlyMany is confirmed: {:?}",
+        v.message
+    );
+
+    let mut node = c.driver.node();
+    let staging = ok("NodeStage", c.kubelet.stage(&mut node, &pv).await);
+    assert_staged(&staging);
+    let pod_uid = "6f1c3a2e-0001-4000-8000-000000000001";
+    let target = ok(
+        "NodePublish",
+        c.kubelet.publish(&mut node, &pv, pod_uid).await,
+    );
+    assert_read_only_bind(&target, TRAIN);
+    assert_pod_reads(&c, &target, TRAIN);
+    assert_writes_fail_erofs(&target, "part-001.bin", "nested");
+    // Nothing changed: the files are still the source's.
+    assert_pod_reads(&c, &target, TRAIN);
+
+    let stats = node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: pv.volume_handle.clone(),
+            volume_path: target.display().to_string(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await;
+    let stats = ok("NodeGetVolumeStats", stats).into_inner();
+    assert!(!stats.usage.is_empty(), "stats report usage: {stats:?}");
+    if let Some(cond) = stats.volume_condition {
+        assert!(!cond.abnormal, "a healthy volume is abnormal: {cond:?}");
+    }
+
+    ok(
+        "NodeUnpublish",
+        c.kubelet.unpublish(&mut node, &pv, pod_uid).await,
+    );
+    assert!(
+        mounts::mounts_at(&target).is_empty(),
+        "the target is still mounted"
+    );
+    assert!(
+        !target.exists(),
+        "NodeUnpublish leaves the target directory behind"
+    );
+    assert_staged(&staging);
+    ok("NodeUnstage", c.kubelet.unstage(&mut node, &pv).await);
+    no_mounts_left(&c).await;
+    let r = wait_for(
+        "the FUSE daemon to exit after NodeUnstage",
+        Duration::from_secs(10),
+        || async { c.mount_daemons(&staging).is_empty() },
+    )
+    .await;
+    assert!(r.is_ok(), "{r:?}: {:?}", c.mount_daemons(&staging));
+
+    ok(
+        "DeleteVolume",
+        ctrl.delete_volume(c.provisioner.delete_request(&sc, &pv))
+            .await,
+    );
+    assert!(
+        c.regions
+            .mirror_has(MIRROR_VOLUME, &c.mirror_token, TRAIN)
+            .await,
+        "DeleteVolume touched the data"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_is_idempotent() {
+    let c = Cluster::start().await;
+    let sc = c.class(&[("subdir", TRAIN)]);
+    let claim = c.claim("idem");
+    let mut ctrl = c.driver.controller();
+    let req = c.provisioner.create_request(&sc, &claim);
+    let first = ok("CreateVolume", ctrl.create_volume(req.clone()).await).into_inner();
+    let again = ok("CreateVolume again", ctrl.create_volume(req.clone()).await).into_inner();
+    assert_eq!(
+        first.volume, again.volume,
+        "a repeated CreateVolume answers the same volume"
+    );
+    let mut other = req.clone();
+    other
+        .parameters
+        .insert("subdir".into(), "/teams/vision/imagenet/val".into());
+    assert_fails(
+        "CreateVolume with the same name and another subdir",
+        ctrl.create_volume(other).await,
+        &[Code::AlreadyExists],
+        &[],
+    );
+    let pv = c
+        .provisioner
+        .pv_from(&claim, &sc, first.volume.expect("a volume"));
+
+    let mut node = c.driver.node();
+    let staging = ok("NodeStage", c.kubelet.stage(&mut node, &pv).await);
+    ok("NodeStage again", c.kubelet.stage(&mut node, &pv).await);
+    assert_staged(&staging);
+    let pod_uid = "6f1c3a2e-0002-4000-8000-000000000002";
+    let target = ok(
+        "NodePublish",
+        c.kubelet.publish(&mut node, &pv, pod_uid).await,
+    );
+    ok(
+        "NodePublish again",
+        c.kubelet.publish(&mut node, &pv, pod_uid).await,
+    );
+    assert_read_only_bind(&target, TRAIN);
+    assert_staged(&staging);
+    // A second pod on the node (ReadOnlyMany: several targets of one staged volume).
+    let pod2 = "6f1c3a2e-0003-4000-8000-000000000003";
+    let target2 = ok(
+        "NodePublish, second pod",
+        c.kubelet.publish(&mut node, &pv, pod2).await,
+    );
+    assert_read_only_bind(&target2, TRAIN);
+    assert_pod_reads(&c, &target2, TRAIN);
+
+    for pod_uid in [pod_uid, pod2] {
+        ok(
+            "NodeUnpublish",
+            c.kubelet.unpublish(&mut node, &pv, pod_uid).await,
+        );
+        ok(
+            "NodeUnpublish again",
+            c.kubelet.unpublish(&mut node, &pv, pod_uid).await,
+        );
+    }
+    assert!(mounts::mounts_at(&target).is_empty() && !target.exists());
+    ok("NodeUnstage", c.kubelet.unstage(&mut node, &pv).await);
+    ok("NodeUnstage again", c.kubelet.unstage(&mut node, &pv).await);
+    no_mounts_left(&c).await;
+    ok(
+        "DeleteVolume",
+        ctrl.delete_volume(c.provisioner.delete_request(&sc, &pv))
+            .await,
+    );
+    ok(
+        "DeleteVolume again",
+        ctrl.delete_volume(c.provisioner.delete_request(&sc, &pv))
+            .await,
+    );
+    probe_ok(&c).await;
+}
+
+async fn probe_ok(c: &Cluster) {
+    let r = c.driver.identity().probe(pb::ProbeRequest {}).await;
+    assert!(r.is_ok(), "the driver stopped answering Probe: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_subdir_fails_fast_at_create_volume() {
+    let c = Cluster::start_with(Options {
+        path_wait: "20s".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut ctrl = c.driver.controller();
+    for (sc, claim, path) in [
+        (
+            c.class(&[("subdir", "/teams/vision/coco/train")]),
+            c.claim("fixed"),
+            "/teams/vision/coco/train",
+        ),
+        (
+            c.class(&[("pathPattern", "/teams/vision/${pvc.metadata.name}/train")]),
+            c.claim("coco"),
+            "/teams/vision/coco/train",
+        ),
+    ] {
+        let started = Instant::now();
+        let r = c.provisioner.provision(&mut ctrl, &sc, &claim).await;
+        let took = started.elapsed();
+        let st = assert_fails(
+            "CreateVolume of a missing directory",
+            r,
+            &[
+                Code::InvalidArgument,
+                Code::NotFound,
+                Code::FailedPrecondition,
+            ],
+            &[MIRROR_VOLUME, path, "coco", "revision", "lag", "source"],
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "CreateVolume of a path the source does not have either took {took:?} (it must not wait --path-wait): {}",
+            st.message()
+        );
+    }
+    // A file is not a directory.
+    let sc = c.class(&[("subdir", "/teams/speech/README")]);
+    assert_fails(
+        "CreateVolume of a file",
+        c.provisioner
+            .provision(&mut ctrl, &sc, &c.claim("file"))
+            .await,
+        &[
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::FailedPrecondition,
+        ],
+        &["/teams/speech/README"],
+    );
+    probe_ok(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_subdir_of_a_static_pv_fails_fast_at_node_publish() {
+    let c = Cluster::start_with(Options {
+        path_wait: "20s".into(),
+        ..Options::default()
+    })
+    .await;
+    let path = "/teams/vision/coco/train";
+    let pv = PersistentVolume::static_pv(
+        "static-coco",
+        "static-coco",
+        &[
+            ("volume", MIRROR_VOLUME),
+            ("metaAddress", &c.regions.mirror.url),
+            ("subdir", path),
+        ],
+        Mode::MultiNodeReaderOnly,
+        token_secret(&c.mirror_token),
+    );
+    let mut node = c.driver.node();
+    let pod_uid = "6f1c3a2e-0004-4000-8000-000000000004";
+    let started = Instant::now();
+    // kubelet stages first; the check may fail there already (MountDevice) or at SetUp.
+    let r = match c.kubelet.stage(&mut node, &pv).await {
+        Ok(_) => c.kubelet.publish(&mut node, &pv, pod_uid).await.map(|_| ()),
+        Err(st) => Err(st),
+    };
+    let took = started.elapsed();
+    let st = assert_fails(
+        "NodeStage/NodePublish of a missing directory",
+        r,
+        &[Code::NotFound],
+        &[MIRROR_VOLUME, path, "coco", "revision", "lag", "source"],
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "failing took {took:?} although the source lacks the path too: {}",
+        st.message()
+    );
+    let target = c.kubelet.target_path(pod_uid, &pv.name);
+    assert!(
+        mounts::mounts_at(&target).is_empty(),
+        "something is mounted at the target"
+    );
+    assert!(
+        !c.regions
+            .mirror_has(MIRROR_VOLUME, &c.mirror_token, "/teams/vision/coco")
+            .await
+    );
+    // kubelet cleans up after a final error.
+    ok(
+        "NodeUnpublish",
+        c.kubelet.unpublish(&mut node, &pv, pod_uid).await,
+    );
+    ok("NodeUnstage", c.kubelet.unstage(&mut node, &pv).await);
+    no_mounts_left(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_the_mirror_has_not_applied_yet_is_waited_for() {
+    let c = Cluster::start_with(Options {
+        path_wait: "6s".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut ctrl = c.driver.controller();
+    let mut node = c.driver.node();
+
+    // CreateVolume: the mirror applies the new directory about 1.5 s late.
+    c.regions.link.set_delay(Duration::from_millis(1500));
+    let path = "/teams/vision/imagenet/test";
+    let rev = c
+        .regions
+        .source_mkdirs(mirrorfs_e2e::cluster::SOURCE_VOLUME, &c.source_token, path)
+        .await;
+    let applied = c.regions.mirror_status().await.applied_revision;
+    assert!(
+        applied < rev,
+        "the delayed mirror applied revision {rev} at once: the wait is not tested"
+    );
+    let sc = c.class(&[("subdir", path)]);
+    let started = Instant::now();
+    let pv = ok(
+        "CreateVolume of a path the mirror has not applied yet",
+        c.provisioner
+            .provision(&mut ctrl, &sc, &c.claim("test"))
+            .await,
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "waited {took:?}");
+    assert!(
+        c.regions
+            .mirror_has(MIRROR_VOLUME, &c.mirror_token, path)
+            .await
+    );
+
+    // NodeStage/NodePublish of a static PV whose directory the mirror has not applied yet.
+    let fresh = "/teams/vision/imagenet/fresh";
+    let pv_fresh = PersistentVolume::static_pv(
+        "static-fresh",
+        "static-fresh",
+        &[
+            ("volume", MIRROR_VOLUME),
+            ("metaAddress", &c.regions.mirror.url),
+            ("subdir", fresh),
+        ],
+        Mode::MultiNodeReaderOnly,
+        token_secret(&c.mirror_token),
+    );
+    let rev = c
+        .regions
+        .source_mkdirs(mirrorfs_e2e::cluster::SOURCE_VOLUME, &c.source_token, fresh)
+        .await;
+    assert!(c.regions.mirror_status().await.applied_revision < rev);
+    let pod_uid = "6f1c3a2e-0005-4000-8000-000000000005";
+    let started = Instant::now();
+    ok(
+        "NodeStage of a directory the mirror has not applied yet",
+        c.kubelet.stage(&mut node, &pv_fresh).await,
+    );
+    let target = ok(
+        "NodePublish of a directory the mirror has not applied yet",
+        c.kubelet.publish(&mut node, &pv_fresh, pod_uid).await,
+    );
+    assert!(started.elapsed() < Duration::from_secs(12));
+    assert_read_only_bind(&target, fresh);
+    ok(
+        "NodeUnpublish",
+        c.kubelet.unpublish(&mut node, &pv_fresh, pod_uid).await,
+    );
+    ok("NodeUnstage", c.kubelet.unstage(&mut node, &pv_fresh).await);
+
+    // Bounded: with the link cut the mirror never gets it; CreateVolume gives up after
+    // --path-wait with the message.
+    c.regions.link.set_delay(Duration::ZERO);
+    c.regions.wait_caught_up().await;
+    c.regions.link.cut();
+    let never = "/teams/vision/imagenet/never";
+    c.regions
+        .source_mkdirs(mirrorfs_e2e::cluster::SOURCE_VOLUME, &c.source_token, never)
+        .await;
+    let started = Instant::now();
+    let r = c
+        .provisioner
+        .provision(&mut ctrl, &c.class(&[("subdir", never)]), &c.claim("never"))
+        .await;
+    let took = started.elapsed();
+    assert_fails(
+        "CreateVolume of a path the cut-off mirror never gets",
+        r,
+        &[
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::FailedPrecondition,
+            Code::DeadlineExceeded,
+            Code::Unavailable,
+        ],
+        &[MIRROR_VOLUME, never, "revision"],
+    );
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(20),
+        "gave up after {took:?}, not after --path-wait 6s"
+    );
+    c.regions.link.restore();
+    ok(
+        "DeleteVolume",
+        ctrl.delete_volume(c.provisioner.delete_request(&sc, &pv))
+            .await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_garbled_volume_ids_get_clear_answers() {
+    let mut c = Cluster::start().await;
+    let long = "x".repeat(300);
+    let ids = [
+        "pvc-00000000-0000-0000-0000-000000000000",
+        "mirrorfs:not-a-real-id",
+        "\u{1}\u{2}\u{7f}garbage",
+        "../../../../etc/passwd",
+        long.as_str(),
+        "v1:datasets-eu:%%%",
+    ];
+    let missing = c
+        .dir()
+        .join("kubelet/pods/none/volumes/kubernetes.io~csi/pv/mount");
+    let missing_staging = c
+        .dir()
+        .join("kubelet/plugins/kubernetes.io/csi/none/globalmount");
+    for id in ids {
+        let mut ctrl = c.driver.controller();
+        let mut node = c.driver.node();
+        ok(
+            &format!("DeleteVolume {id:?}"),
+            ctrl.delete_volume(pb::DeleteVolumeRequest {
+                volume_id: id.into(),
+                secrets: token_secret(&c.mirror_token),
+            })
+            .await,
+        );
+        assert_fails(
+            &format!("ValidateVolumeCapabilities {id:?}"),
+            ctrl.validate_volume_capabilities(pb::ValidateVolumeCapabilitiesRequest {
+                volume_id: id.into(),
+                volume_capabilities: vec![capability(Mode::MultiNodeReaderOnly)],
+                ..Default::default()
+            })
+            .await,
+            &[Code::NotFound],
+            &[],
+        );
+        ok(
+            &format!("NodeUnpublish {id:?} of a missing target"),
+            node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+                volume_id: id.into(),
+                target_path: missing.display().to_string(),
+            })
+            .await,
+        );
+        ok(
+            &format!("NodeUnstage {id:?} of a missing staging path"),
+            node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+                volume_id: id.into(),
+                staging_target_path: missing_staging.display().to_string(),
+            })
+            .await,
+        );
+        // Stage and publish with an id and no context naming a volume.
+        let staging = c.kubelet.staging_path(id);
+        std::fs::create_dir_all(&staging).expect("staging dir");
+        assert_fails(
+            &format!("NodeStage {id:?} without a volume context"),
+            node.node_stage_volume(pb::NodeStageVolumeRequest {
+                volume_id: id.into(),
+                staging_target_path: staging.display().to_string(),
+                volume_capability: Some(capability(Mode::MultiNodeReaderOnly)),
+                secrets: token_secret(&c.mirror_token),
+                ..Default::default()
+            })
+            .await,
+            &[Code::InvalidArgument, Code::NotFound],
+            &[],
+        );
+        assert!(mounts::mounts_at(&staging).is_empty());
+        let target = c.kubelet.target_path("6f1c3a2e-0006", "pv-garbled");
+        std::fs::create_dir_all(target.parent().expect("parent")).expect("target parent");
+        assert_fails(
+            &format!("NodePublish {id:?} of an unstaged volume"),
+            node.node_publish_volume(pb::NodePublishVolumeRequest {
+                volume_id: id.into(),
+                staging_target_path: staging.display().to_string(),
+                target_path: target.display().to_string(),
+                volume_capability: Some(capability(Mode::MultiNodeReaderOnly)),
+                ..Default::default()
+            })
+            .await,
+            &[
+                Code::InvalidArgument,
+                Code::NotFound,
+                Code::FailedPrecondition,
+            ],
+            &[],
+        );
+        assert!(mounts::mounts_at(&target).is_empty());
+        assert_fails(
+            &format!("NodeGetVolumeStats {id:?}"),
+            node.node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+                volume_id: id.into(),
+                volume_path: target.display().to_string(),
+                ..Default::default()
+            })
+            .await,
+            &[Code::NotFound, Code::InvalidArgument],
+            &[],
+        );
+        c.driver
+            .assert_healthy(&format!("the calls with volume id {id:?}"))
+            .await;
+    }
+    // Required fields missing.
+    let mut ctrl = c.driver.controller();
+    let mut node = c.driver.node();
+    assert_fails(
+        "DeleteVolume without an id",
+        ctrl.delete_volume(pb::DeleteVolumeRequest::default()).await,
+        &[Code::InvalidArgument],
+        &[],
+    );
+    assert_fails(
+        "NodeUnpublish without an id",
+        node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: String::new(),
+            target_path: missing.display().to_string(),
+        })
+        .await,
+        &[Code::InvalidArgument],
+        &[],
+    );
+    c.driver.assert_healthy("calls with fields missing").await;
+    no_mounts_left(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_killed_and_restarted_between_calls() {
+    let mut c = Cluster::start().await;
+    let sc = c.class(&[("subdir", TRAIN)]);
+    let claim = c.claim("restarts");
+    let req = c.provisioner.create_request(&sc, &claim);
+    let created = ok(
+        "CreateVolume",
+        c.driver.controller().create_volume(req.clone()).await,
+    )
+    .into_inner();
+    let pv = c
+        .provisioner
+        .pv_from(&claim, &sc, created.volume.clone().expect("a volume"));
+
+    c.driver.restart().await;
+    let again = ok(
+        "CreateVolume after a restart",
+        c.driver.controller().create_volume(req.clone()).await,
+    )
+    .into_inner();
+    assert_eq!(
+        again.volume, created.volume,
+        "CreateVolume is idempotent across restarts"
+    );
+
+    let staging = ok(
+        "NodeStage",
+        c.kubelet.stage(&mut c.driver.node(), &pv).await,
+    );
+    assert_staged(&staging);
+    let daemons = c.mount_daemons(&staging);
+
+    c.driver.kill9();
+    // The FUSE daemon outlives the plugin.
+    assert_staged(&staging);
+    let inside = staging.join("teams/vision/imagenet/train/part-002.bin");
+    assert_eq!(
+        std::fs::read(&inside).map(|b| b.len()).ok(),
+        Some(4096),
+        "the staged mount stops serving while the plugin is down"
+    );
+    c.driver.restart().await;
+    ok(
+        "NodeStage after a restart",
+        c.kubelet.stage(&mut c.driver.node(), &pv).await,
+    );
+    assert_staged(&staging);
+    assert_eq!(
+        c.mount_daemons(&staging),
+        daemons,
+        "the restarted plugin started another FUSE daemon instead of finding the staged volume"
+    );
+    let pod_uid = "6f1c3a2e-0007-4000-8000-000000000007";
+    let target = ok(
+        "NodePublish after a restart",
+        c.kubelet.publish(&mut c.driver.node(), &pv, pod_uid).await,
+    );
+    assert_read_only_bind(&target, TRAIN);
+    assert_pod_reads(&c, &target, TRAIN);
+
+    c.driver.kill9();
+    assert_pod_reads(&c, &target, TRAIN);
+    c.driver.restart().await;
+    ok(
+        "NodePublish again after a restart",
+        c.kubelet.publish(&mut c.driver.node(), &pv, pod_uid).await,
+    );
+    assert_read_only_bind(&target, TRAIN);
+
+    c.driver.restart().await;
+    ok(
+        "NodeUnpublish after a restart",
+        c.kubelet
+            .unpublish(&mut c.driver.node(), &pv, pod_uid)
+            .await,
+    );
+    assert!(mounts::mounts_at(&target).is_empty() && !target.exists());
+    c.driver.restart().await;
+    ok(
+        "NodeUnstage after a restart",
+        c.kubelet.unstage(&mut c.driver.node(), &pv).await,
+    );
+    no_mounts_left(&c).await;
+    c.driver.restart().await;
+    ok(
+        "DeleteVolume after a restart",
+        c.driver
+            .controller()
+            .delete_volume(c.provisioner.delete_request(&sc, &pv))
+            .await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_fuse_process_is_repaired_by_the_next_stage_and_publish() {
+    let c = Cluster::start().await;
+    let sc = c.class(&[("subdir", TRAIN)]);
+    let claim = c.claim("repair");
+    let mut ctrl = c.driver.controller();
+    let pv = ok(
+        "CreateVolume",
+        c.provisioner.provision(&mut ctrl, &sc, &claim).await,
+    );
+    let mut node = c.driver.node();
+    let staging = ok("NodeStage", c.kubelet.stage(&mut node, &pv).await);
+    let pod_uid = "6f1c3a2e-0008-4000-8000-000000000008";
+    let target = ok(
+        "NodePublish",
+        c.kubelet.publish(&mut node, &pv, pod_uid).await,
+    );
+    assert_pod_reads(&c, &target, TRAIN);
+
+    let killed = kill_mount_daemons(&c, &staging).await;
+    wait_enotconn(&target).await;
+    // kubelet re-calls NodeStage and NodePublish on a corrupted mount.
+    ok(
+        "NodeStage on a broken mount",
+        c.kubelet.stage(&mut node, &pv).await,
+    );
+    assert_staged(&staging);
+    let now = c.mount_daemons(&staging);
+    assert!(
+        !now.is_empty() && now.iter().all(|p| !killed.contains(p)),
+        "no new FUSE daemon: before {killed:?}, now {now:?}"
+    );
+    ok(
+        "NodePublish on a broken target",
+        c.kubelet.publish(&mut node, &pv, pod_uid).await,
+    );
+    assert_read_only_bind(&target, TRAIN);
+    assert_pod_reads(&c, &target, TRAIN);
+    assert_writes_fail_erofs(&target, "part-001.bin", "nested");
+
+    ok(
+        "NodeUnpublish",
+        c.kubelet.unpublish(&mut node, &pv, pod_uid).await,
+    );
+    ok("NodeUnstage", c.kubelet.unstage(&mut node, &pv).await);
+    no_mounts_left(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_fuse_process_is_repaired_by_publish_alone() {
+    let c = Cluster::start().await;
+    let sc = c.class(&[("subdir", TRAIN)]);
+    let mut ctrl = c.driver.controller();
+    let pv = ok(
+        "CreateVolume",
+        c.provisioner
+            .provision(&mut ctrl, &sc, &c.claim("repair-publish"))
+            .await,
+    );
+    let mut node = c.driver.node();
+    let staging = ok("NodeStage", c.kubelet.stage(&mut node, &pv).await);
+    let pod_uid = "6f1c3a2e-0009-4000-8000-000000000009";
+    let target = ok(
+        "NodePublish",
+        c.kubelet.publish(&mut node, &pv, pod_uid).await,
+    );
+    kill_mount_daemons(&c, &staging).await;
+    wait_enotconn(&target).await;
+    ok(
+        "NodePublish on a broken mount (no NodeStage before it)",
+        c.kubelet.publish(&mut node, &pv, pod_uid).await,
+    );
+    assert_read_only_bind(&target, TRAIN);
+    assert_pod_reads(&c, &target, TRAIN);
+    ok(
+        "NodeUnpublish",
+        c.kubelet.unpublish(&mut node, &pv, pod_uid).await,
+    );
+    ok("NodeUnstage", c.kubelet.unstage(&mut node, &pv).await);
+    no_mounts_left(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublish_and_unstage_of_missing_unmounted_and_broken_targets_succeed() {
+    let c = Cluster::start().await;
+    let sc = c.class(&[("subdir", TRAIN)]);
+    let mut ctrl = c.driver.controller();
+    let pv = ok(
+        "CreateVolume",
+        c.provisioner
+            .provision(&mut ctrl, &sc, &c.claim("teardown"))
+            .await,
+    );
+    let mut node = c.driver.node();
+
+    // Never published: the target does not exist.
+    ok(
+        "NodeUnpublish of a missing target",
+        c.kubelet.unpublish(&mut node, &pv, "6f1c3a2e-000a").await,
+    );
+    // Published uncertainly: the directory exists, nothing is mounted.
+    let empty = c.kubelet.target_path("6f1c3a2e-000b", &pv.name);
+    std::fs::create_dir_all(&empty).expect("target dir");
+    ok(
+        "NodeUnpublish of an unmounted target",
+        c.kubelet.unpublish(&mut node, &pv, "6f1c3a2e-000b").await,
+    );
+    assert!(
+        !empty.exists(),
+        "NodeUnpublish leaves an unmounted target directory behind"
+    );
+    // Never staged.
+    ok(
+        "NodeUnstage of a volume never staged",
+        c.kubelet.unstage(&mut node, &pv).await,
+    );
+
+    // Broken: the FUSE daemon is gone under a published target.
+    let staging = ok("NodeStage", c.kubelet.stage(&mut node, &pv).await);
+    let pod_uid = "6f1c3a2e-000c-4000-8000-00000000000c";
+    let target = ok(
+        "NodePublish",
+        c.kubelet.publish(&mut node, &pv, pod_uid).await,
+    );
+    kill_mount_daemons(&c, &staging).await;
+    wait_enotconn(&target).await;
+    ok(
+        "NodeUnpublish of a broken target",
+        c.kubelet.unpublish(&mut node, &pv, pod_uid).await,
+    );
+    assert!(
+        mounts::mounts_at(&target).is_empty(),
+        "the broken target is still mounted"
+    );
+    assert!(
+        target.symlink_metadata().is_err(),
+        "NodeUnpublish leaves the broken target behind"
+    );
+    ok(
+        "NodeUnstage of a broken staging mount",
+        c.kubelet.unstage(&mut node, &pv).await,
+    );
+    assert!(
+        mounts::mounts_at(&staging).is_empty(),
+        "the broken staging mount is still mounted"
+    );
+    ok("NodeUnstage again", c.kubelet.unstage(&mut node, &pv).await);
+    no_mounts_left(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_access_modes_are_refused_unless_lenient_and_still_read_only() {
+    let c = Cluster::start().await;
+    let mut ctrl = c.driver.controller();
+    let mut rwo = c.claim("writer");
+    rwo.access_modes = vec![Mode::SingleNodeWriter];
+    assert_fails(
+        "CreateVolume ReadWriteOnce (strict)",
+        c.provisioner
+            .provision(&mut ctrl, &c.class(&[("subdir", TRAIN)]), &rwo)
+            .await,
+        &[Code::InvalidArgument],
+        &["ReadOnlyMany"],
+    );
+
+    let sc = c.class(&[("subdir", TRAIN), ("lenient", "true")]);
+    let mut rwx: Claim = c.claim("lenient");
+    rwx.access_modes = vec![Mode::MultiNodeMultiWriter];
+    let pv = ok(
+        "CreateVolume ReadWriteMany (lenient)",
+        c.provisioner.provision(&mut ctrl, &sc, &rwx).await,
+    );
+    let mut node = c.driver.node();
+    let staging = ok("NodeStage", c.kubelet.stage(&mut node, &pv).await);
+    assert_staged(&staging);
+    let pod_uid = "6f1c3a2e-000d-4000-8000-00000000000d";
+    let target = ok(
+        "NodePublish",
+        c.kubelet.publish(&mut node, &pv, pod_uid).await,
+    );
+    assert_read_only_bind(&target, TRAIN);
+    assert_writes_fail_erofs(&target, "part-001.bin", "nested");
+    ok(
+        "NodeUnpublish",
+        c.kubelet.unpublish(&mut node, &pv, pod_uid).await,
+    );
+    ok("NodeUnstage", c.kubelet.unstage(&mut node, &pv).await);
+    no_mounts_left(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_never_lead_out_of_the_volume() {
+    let c = Cluster::start().await;
+    let mut ctrl = c.driver.controller();
+    for path in ["/links/outside", "/links/up", "/links/outside/ssl"] {
+        let r = c
+            .provisioner
+            .provision(&mut ctrl, &c.class(&[("subdir", path)]), &c.claim("link"))
+            .await;
+        assert_fails(
+            &format!("CreateVolume of symlink path {path}"),
+            r,
+            &[
+                Code::InvalidArgument,
+                Code::NotFound,
+                Code::FailedPrecondition,
+            ],
+            &[path],
+        );
+    }
+    // A static PV naming the symlink: nothing of the host's /etc may be published.
+    let pv = PersistentVolume::static_pv(
+        "static-link",
+        "static-link",
+        &[
+            ("volume", MIRROR_VOLUME),
+            ("metaAddress", &c.regions.mirror.url),
+            ("subdir", "/links/outside"),
+        ],
+        Mode::MultiNodeReaderOnly,
+        token_secret(&c.mirror_token),
+    );
+    let mut node = c.driver.node();
+    let pod_uid = "6f1c3a2e-000e-4000-8000-00000000000e";
+    let r = match c.kubelet.stage(&mut node, &pv).await {
+        Ok(_) => c.kubelet.publish(&mut node, &pv, pod_uid).await.map(|_| ()),
+        Err(st) => Err(st),
+    };
+    assert_fails(
+        "NodeStage/NodePublish of a symlink subdir",
+        r,
+        &[
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::FailedPrecondition,
+        ],
+        &["/links/outside"],
+    );
+    let target = c.kubelet.target_path(pod_uid, &pv.name);
+    assert!(mounts::mounts_at(&target).is_empty());
+    let _ = c.kubelet.unpublish(&mut node, &pv, pod_uid).await;
+    let _ = c.kubelet.unstage(&mut node, &pv).await;
+    no_mounts_left(&c).await;
+}
