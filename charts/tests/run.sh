@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The Helm chart, manifests/ and Dockerfile tests (pytest): renders and lints the chart with the
+# Helm engine, validates every object against the Kubernetes API schemas, compares manifests/
+# with the chart, and checks every flag the chart passes against the built `mirrorfs` binary.
+# Usage: charts/tests/run.sh [pytest arguments]. Needs python3 (with venv) and apt (apt-cache,
+# apt-get download: the Dockerfile's Debian packages are looked up).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+source charts/tests/venv.sh
+
+# The binary the image ships (Dockerfile: cargo build --release -p mirrorfs).
+cargo build --release --locked --quiet -p mirrorfs
+export MIRRORFS_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/mirrorfs
+
+exec "$CHART_PY" -m pytest -q -p no:cacheprovider charts/tests "$@"
