@@ -138,7 +138,9 @@ def manifest_text() -> str:
         MANIFEST_HEADER,
         "---\n# The release's namespace (helm install --create-namespace).\n",
         f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n"
-        "  labels:\n    app.kubernetes.io/part-of: mirrorfs\n",
+        "  labels:\n    app.kubernetes.io/part-of: mirrorfs\n"
+        "    # The node plugin is privileged (FUSE, mount propagation).\n"
+        "    pod-security.kubernetes.io/enforce: privileged\n",
     ]
     for r in release.objects:
         parts.append(f"---\n# Source: {r.source}\n{r.text}")

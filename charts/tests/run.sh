@@ -13,4 +13,5 @@ source charts/tests/venv.sh
 cargo build --release --locked --quiet -p mirrorfs
 export MIRRORFS_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/mirrorfs
 
+export PYTHONDONTWRITEBYTECODE=1
 exec "$CHART_PY" -m pytest -q -p no:cacheprovider charts/tests "$@"

@@ -219,6 +219,9 @@ def test_controller_runs_the_provisioner_with_the_flags_the_driver_needs(scenari
     assert flag(driver, "role") == "controller"
     assert flag(driver, "endpoint") == "unix:///csi/csi.sock"
     assert flag(driver, "node-id") is None
+    state = flag(driver, "state-dir")
+    assert state and mount(driver, "state-dir")["mountPath"] == state
+    assert volume(spec, "state-dir") == {"name": "state-dir", "emptyDir": {}}
     path_wait = flag(driver, "path-wait")
     assert path_wait == values.get("driver", {}).get("pathWait", "30s")
 

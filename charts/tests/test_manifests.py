@@ -28,6 +28,7 @@ def test_manifests_match_the_chart() -> None:
 def test_the_plain_manifests_are_valid_on_their_own() -> None:
     docs = [d for d in yaml.safe_load_all((MANIFESTS / "mirrorfs-csi.yaml").read_text()) if d]
     assert docs[0]["kind"] == "Namespace" and docs[0]["metadata"]["name"] == NAMESPACE
+    assert docs[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
     kinds = {d["kind"] for d in docs}
     assert {"CSIDriver", "Deployment", "DaemonSet", "ClusterRole", "ServiceAccount"} <= kinds
     assert k8s_checks.check_all(docs, NAMESPACE) == []
