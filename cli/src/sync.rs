@@ -106,7 +106,22 @@ pub fn open_bucket(
     Ok(Bucket::open(&cfg)?)
 }
 
+/// A local source directory must exist: a mistyped path would otherwise sync nothing and
+/// report success.
+fn check_local_source(url: &str) -> anyhow::Result<()> {
+    if let Some(dir) = BucketConfig::new(url).local_dir()
+        && !dir.is_dir()
+    {
+        bail!(
+            "source bucket: the directory {} does not exist (check the path)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(a: SyncArgs) -> anyhow::Result<()> {
+    check_local_source(&a.src)?;
     let src = open_bucket(
         &a.src,
         &a.source_opt,

@@ -172,6 +172,15 @@ impl BucketConfig {
         self
     }
 
+    /// The directory of a local (`file://` or bare path) bucket; None for other backends or an
+    /// invalid URL.
+    pub fn local_dir(&self) -> Option<PathBuf> {
+        match self.location() {
+            Ok(Location::File(dir)) => Some(dir),
+            _ => None,
+        }
+    }
+
     /// The bucket of a volume's storage configuration (as the meta service stores it).
     pub fn from_storage(
         storage: &mirrorfs_api::meta::StorageConfig,
