@@ -1,22 +1,38 @@
 //! The Identity service: the driver's name and version, its plugin capabilities, and a cheap
-//! Probe that fails only for local faults (no `/dev/fuse` on a node), never for a remote one.
+//! Probe that fails only for local faults (no `/dev/fuse` or mount binary on a node), never for
+//! a remote one; it answers "not ready" while a restarted node plugin repairs its mounts.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tonic::{Request, Response, Status};
 
 use crate::DRIVER_NAME;
 use crate::config::Config;
 use crate::csi::{self, plugin_capability};
+use crate::error::CsiError;
+use crate::mounter::Mounter;
 
-pub struct Identity {
-    config: Arc<Config>,
+/// What Probe and `/healthz` look at.
+pub struct Health {
+    pub config: Arc<Config>,
+    pub mounter: Arc<dyn Mounter>,
+    /// True while a restarted node plugin repairs its staged volumes.
+    pub recovering: AtomicBool,
 }
 
-impl Identity {
-    pub fn new(config: Arc<Config>) -> Self {
-        Self { config }
+impl Health {
+    /// Local faults only.
+    pub fn check(&self) -> Result<(), CsiError> {
+        if self.config.role.node() {
+            self.mounter.check_fuse().map_err(CsiError::NotReady)?;
+        }
+        Ok(())
     }
+}
+
+pub struct Identity {
+    pub health: Arc<Health>,
 }
 
 #[tonic::async_trait]
@@ -36,15 +52,20 @@ impl csi::identity_server::Identity for Identity {
         &self,
         _req: Request<csi::GetPluginCapabilitiesRequest>,
     ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
-        // The same set for every instance of a version, whatever its role (spec).
-        let _ = &self.config;
-        let service = |t: plugin_capability::service::Type| csi::PluginCapability {
+        use plugin_capability::service::Type;
+        let service = |t: Type| csi::PluginCapability {
             r#type: Some(plugin_capability::Type::Service(
                 plugin_capability::Service { r#type: t as i32 },
             )),
         };
+        // The same for every instance of a version whatever its role; topology only when the
+        // deployment sets a region (controller and nodes alike).
+        let mut capabilities = vec![service(Type::ControllerService)];
+        if self.health.config.region.is_some() {
+            capabilities.push(service(Type::VolumeAccessibilityConstraints));
+        }
         Ok(Response::new(csi::GetPluginCapabilitiesResponse {
-            capabilities: vec![service(plugin_capability::service::Type::ControllerService)],
+            capabilities,
         }))
     }
 
@@ -52,6 +73,8 @@ impl csi::identity_server::Identity for Identity {
         &self,
         _req: Request<csi::ProbeRequest>,
     ) -> Result<Response<csi::ProbeResponse>, Status> {
-        Ok(Response::new(csi::ProbeResponse { ready: Some(true) }))
+        self.health.check()?;
+        let ready = !self.health.recovering.load(Ordering::SeqCst);
+        Ok(Response::new(csi::ProbeResponse { ready: Some(ready) }))
     }
 }

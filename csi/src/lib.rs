@@ -3,13 +3,33 @@
 //! of mirror volumes; the node plugin mounts them read-only through `mirrorfs mount` processes
 //! and bind mounts. OS effects sit behind [`Mounter`]; the mirror metadata behind [`MirrorView`].
 
+mod capability;
 pub mod client;
 mod config;
+mod controller;
+mod error;
 mod identity;
+mod locks;
+mod metrics;
+pub mod mirror;
+pub mod mounter;
+pub mod mountinfo;
+mod node;
+mod params;
+pub mod process;
+mod relpath;
 pub mod server;
+mod service;
+mod state;
+mod volume_id;
 
 pub use config::{Config, ConfigError, Role};
-pub use server::{ServeError, serve, serve_on};
+pub use error::CsiError;
+pub use mirror::MirrorView;
+pub use mounter::Mounter;
+pub use params::{Secrets, VolumeSpec};
+pub use relpath::RelPath;
+pub use server::{Driver, ServeError, serve};
 
 /// The driver name (GetPluginInfo, CSIDriver object, kubelet plugin directory).
 pub const DRIVER_NAME: &str = "csi.mirrorfs.io";
