@@ -19,6 +19,9 @@ use mirrorfs_e2e::pod::{NOBODY, Pod};
 use mirrorfs_e2e::process::{kill_pid, wait_for};
 use tonic::Code;
 
+/// The directory most tests publish: as a parameter (relative to the volume root) and as the
+/// root of the bind mount in mountinfo.
+const TRAIN_DIR: &str = "teams/vision/imagenet/train";
 const TRAIN: &str = "/teams/vision/imagenet/train";
 
 fn pod() -> Pod {
@@ -282,7 +285,7 @@ async fn identity_and_node_info() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_many_claim_from_provisioning_to_deletion() {
     let c = Cluster::start().await;
-    let sc = c.class(&[("pathPattern", "/teams/${pvc.metadata.name}/imagenet/train")]);
+    let sc = c.class(&[("pathPattern", "teams/${pvc.metadata.name}/imagenet/train")]);
     let claim = c.claim("vision");
     let mut ctrl = c.driver.controller();
     let pv = ok(
@@ -385,7 +388,7 @@ async fn read_only_many_claim_from_provisioning_to_deletion() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_is_idempotent() {
     let c = Cluster::start().await;
-    let sc = c.class(&[("subdir", TRAIN)]);
+    let sc = c.class(&[("subdir", TRAIN_DIR)]);
     let claim = c.claim("idem");
     let mut ctrl = c.driver.controller();
     let req = c.provisioner.create_request(&sc, &claim);
@@ -398,7 +401,7 @@ async fn every_call_is_idempotent() {
     let mut other = req.clone();
     other
         .parameters
-        .insert("subdir".into(), "/teams/vision/imagenet/val".into());
+        .insert("subdir".into(), "teams/vision/imagenet/val".into());
     assert_fails(
         "CreateVolume with the same name and another subdir",
         ctrl.create_volume(other).await,
@@ -475,14 +478,14 @@ async fn missing_subdir_fails_fast_at_create_volume() {
     let mut ctrl = c.driver.controller();
     for (sc, claim, path) in [
         (
-            c.class(&[("subdir", "/teams/vision/coco/train")]),
+            c.class(&[("subdir", "teams/vision/coco/train")]),
             c.claim("fixed"),
-            "/teams/vision/coco/train",
+            "teams/vision/coco/train",
         ),
         (
-            c.class(&[("pathPattern", "/teams/vision/${pvc.metadata.name}/train")]),
+            c.class(&[("pathPattern", "teams/vision/${pvc.metadata.name}/train")]),
             c.claim("coco"),
-            "/teams/vision/coco/train",
+            "teams/vision/coco/train",
         ),
     ] {
         let started = Instant::now();
@@ -505,7 +508,7 @@ async fn missing_subdir_fails_fast_at_create_volume() {
         );
     }
     // A file is not a directory.
-    let sc = c.class(&[("subdir", "/teams/speech/README")]);
+    let sc = c.class(&[("subdir", "teams/speech/README")]);
     assert_fails(
         "CreateVolume of a file",
         c.provisioner
@@ -516,7 +519,7 @@ async fn missing_subdir_fails_fast_at_create_volume() {
             Code::NotFound,
             Code::FailedPrecondition,
         ],
-        &["/teams/speech/README"],
+        &["teams/speech/README"],
     );
     probe_ok(&c).await;
 }
@@ -528,7 +531,7 @@ async fn missing_subdir_of_a_static_pv_fails_fast_at_node_publish() {
         ..Options::default()
     })
     .await;
-    let path = "/teams/vision/coco/train";
+    let path = "teams/vision/coco/train";
     let pv = PersistentVolume::static_pv(
         "static-coco",
         "static-coco",
@@ -601,7 +604,7 @@ async fn a_path_the_mirror_has_not_applied_yet_is_waited_for() {
         applied < rev,
         "the delayed mirror applied revision {rev} at once: the wait is not tested"
     );
-    let sc = c.class(&[("subdir", path)]);
+    let sc = c.class(&[("subdir", &path[1..])]);
     let started = Instant::now();
     let pv = ok(
         "CreateVolume of a path the mirror has not applied yet",
@@ -625,7 +628,7 @@ async fn a_path_the_mirror_has_not_applied_yet_is_waited_for() {
         &[
             ("volume", MIRROR_VOLUME),
             ("metaAddress", &c.regions.mirror.url),
-            ("subdir", fresh),
+            ("subdir", &fresh[1..]),
         ],
         Mode::MultiNodeReaderOnly,
         token_secret(&c.mirror_token),
@@ -665,7 +668,11 @@ async fn a_path_the_mirror_has_not_applied_yet_is_waited_for() {
     let started = Instant::now();
     let r = c
         .provisioner
-        .provision(&mut ctrl, &c.class(&[("subdir", never)]), &c.claim("never"))
+        .provision(
+            &mut ctrl,
+            &c.class(&[("subdir", &never[1..])]),
+            &c.claim("never"),
+        )
         .await;
     let took = started.elapsed();
     assert_fails(
@@ -678,7 +685,7 @@ async fn a_path_the_mirror_has_not_applied_yet_is_waited_for() {
             Code::DeadlineExceeded,
             Code::Unavailable,
         ],
-        &[MIRROR_VOLUME, never, "revision"],
+        &[MIRROR_VOLUME, &never[1..], "revision"],
     );
     assert!(
         took >= Duration::from_secs(5) && took < Duration::from_secs(20),
@@ -826,7 +833,7 @@ async fn unknown_and_garbled_volume_ids_get_clear_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn driver_killed_and_restarted_between_calls() {
     let mut c = Cluster::start().await;
-    let sc = c.class(&[("subdir", TRAIN)]);
+    let sc = c.class(&[("subdir", TRAIN_DIR)]);
     let claim = c.claim("restarts");
     let req = c.provisioner.create_request(&sc, &claim);
     let created = ok(
@@ -920,7 +927,7 @@ async fn driver_killed_and_restarted_between_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_fuse_process_is_repaired_by_the_next_stage_and_publish() {
     let c = Cluster::start().await;
-    let sc = c.class(&[("subdir", TRAIN)]);
+    let sc = c.class(&[("subdir", TRAIN_DIR)]);
     let claim = c.claim("repair");
     let mut ctrl = c.driver.controller();
     let pv = ok(
@@ -968,7 +975,7 @@ async fn killed_fuse_process_is_repaired_by_the_next_stage_and_publish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_fuse_process_is_repaired_by_publish_alone() {
     let c = Cluster::start().await;
-    let sc = c.class(&[("subdir", TRAIN)]);
+    let sc = c.class(&[("subdir", TRAIN_DIR)]);
     let mut ctrl = c.driver.controller();
     let pv = ok(
         "CreateVolume",
@@ -1002,7 +1009,7 @@ async fn killed_fuse_process_is_repaired_by_publish_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpublish_and_unstage_of_missing_unmounted_and_broken_targets_succeed() {
     let c = Cluster::start().await;
-    let sc = c.class(&[("subdir", TRAIN)]);
+    let sc = c.class(&[("subdir", TRAIN_DIR)]);
     let mut ctrl = c.driver.controller();
     let pv = ok(
         "CreateVolume",
@@ -1076,13 +1083,13 @@ async fn writer_access_modes_are_refused_unless_lenient_and_still_read_only() {
     assert_fails(
         "CreateVolume ReadWriteOnce (strict)",
         c.provisioner
-            .provision(&mut ctrl, &c.class(&[("subdir", TRAIN)]), &rwo)
+            .provision(&mut ctrl, &c.class(&[("subdir", TRAIN_DIR)]), &rwo)
             .await,
         &[Code::InvalidArgument],
         &["ReadOnlyMany"],
     );
 
-    let sc = c.class(&[("subdir", TRAIN), ("lenient", "true")]);
+    let sc = c.class(&[("subdir", TRAIN_DIR), ("lenient", "true")]);
     let mut rwx: Claim = c.claim("lenient");
     rwx.access_modes = vec![Mode::MultiNodeMultiWriter];
     let pv = ok(
@@ -1111,7 +1118,7 @@ async fn writer_access_modes_are_refused_unless_lenient_and_still_read_only() {
 async fn symlinks_never_lead_out_of_the_volume() {
     let c = Cluster::start().await;
     let mut ctrl = c.driver.controller();
-    for path in ["/links/outside", "/links/up", "/links/outside/ssl"] {
+    for path in ["links/outside", "links/up", "links/outside/ssl"] {
         let r = c
             .provisioner
             .provision(&mut ctrl, &c.class(&[("subdir", path)]), &c.claim("link"))
@@ -1134,7 +1141,7 @@ async fn symlinks_never_lead_out_of_the_volume() {
         &[
             ("volume", MIRROR_VOLUME),
             ("metaAddress", &c.regions.mirror.url),
-            ("subdir", "/links/outside"),
+            ("subdir", "links/outside"),
         ],
         Mode::MultiNodeReaderOnly,
         token_secret(&c.mirror_token),
@@ -1153,7 +1160,7 @@ async fn symlinks_never_lead_out_of_the_volume() {
             Code::NotFound,
             Code::FailedPrecondition,
         ],
-        &["/links/outside"],
+        &["links/outside"],
     );
     let target = c.kubelet.target_path(pod_uid, &pv.name);
     assert!(mounts::mounts_at(&target).is_empty());
