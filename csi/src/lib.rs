@@ -7,6 +7,8 @@ mod capability;
 pub mod client;
 mod config;
 mod controller;
+#[cfg(test)]
+mod driver_tests;
 mod error;
 mod identity;
 mod locks;
