@@ -430,16 +430,14 @@ impl NodeCore {
         target: &Path,
         secrets: Option<&Secrets>,
     ) -> Result<()> {
-        match self.mounter.health(target).await {
-            Health::Missing => {
-                self.mounter.make_dir(target).await.map_err(|e| {
-                    CsiError::Precondition(format!(
-                        "volume {id:?}: cannot create target {}: {e}",
-                        target.display()
-                    ))
-                })?;
-            }
-            Health::Directory => {}
+        let created = match self.mounter.health(target).await {
+            Health::Missing => self.mounter.make_dir(target).await.map_err(|e| {
+                CsiError::Precondition(format!(
+                    "volume {id:?}: cannot create target {}: {e}",
+                    target.display()
+                ))
+            })?,
+            Health::Directory => false,
             Health::NotDirectory => {
                 return Err(CsiError::Precondition(format!(
                     "volume {id:?}: target {} exists and is not a directory",
@@ -452,7 +450,7 @@ impl NodeCore {
                     target.display()
                 )));
             }
-        }
+        };
         let start = Instant::now();
         loop {
             let r = self
@@ -520,6 +518,9 @@ impl NodeCore {
                     }
                 }
             };
+            if created {
+                let _ = self.mounter.remove_dir(target).await;
+            }
             return Err(err);
         }
         let table = self.table().await?;
