@@ -513,6 +513,8 @@ def test_meta_service_embedded() -> None:
     assert flag(meta, "listen") == "0.0.0.0:7400"
     assert flag(meta, "metrics-listen") == "0.0.0.0:7401"
     assert flag(meta, "admin-token-file") is None  # generated in the data volume
+    # Large numbers must not turn into floats (1e+06) on the way through the template.
+    assert flag(meta, "changelog-retention") == "1000000"
     token = volume(sts["spec"]["template"]["spec"], "mirror-token")["secret"]
     assert token == {"secretName": "source-replication", "items": [{"key": "replication.token", "path": "token"}]}
     assert flag(meta, "mirror-token-file") == "/etc/mirrorfs/mirror-token/token"
