@@ -113,7 +113,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "minimal": {
         "csiDriver": {"create": False},
         "controller": {"priorityClassName": "", "nodeSelector": None},
-        "node": {"priorityClassName": "", "nodeSelector": None, "tolerations": []},
+        "node": {"priorityClassName": "", "nodeSelector": None, "tolerations": [], "updateStrategy": "OnDelete"},
     },
 }
 

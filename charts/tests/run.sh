@@ -9,6 +9,16 @@ cd "$(dirname "$0")/../.."
 
 source charts/tests/venv.sh
 
+# The Dockerfile tests look its Debian packages up (apt-cache show, apt-get download): make sure
+# the package lists are there.
+if ! apt-cache show --no-all-versions tini fuse3 ca-certificates >/dev/null 2>&1; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "chart tests: apt package lists are missing; run apt-get update as root" >&2
+    exit 1
+  fi
+  apt-get update -q >/dev/null
+fi
+
 # The binary the image ships (Dockerfile: cargo build --release -p mirrorfs).
 cargo build --release --locked --quiet -p mirrorfs
 export MIRRORFS_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/mirrorfs

@@ -122,6 +122,7 @@ BAD_VALUES = [
     ({"meta": {"enabled": True}}, "/meta/mirrorOf"),
     ({"meta": {"engine": "sqlite"}}, "/meta/engine"),
     ({"node": {"maxUnavailable": 0}}, "/node/maxUnavailable"),
+    ({"node": {"updateStrategy": "Recreate"}}, "/node/updateStrategy"),
     ({"unknownTopLevel": True}, "unknownTopLevel"),
 ]
 
@@ -339,6 +340,7 @@ def test_node_scheduling_values() -> None:
     ds = render("minimal").one("DaemonSet", f"{FULL}-node")
     spec = ds["spec"]["template"]["spec"]
     assert "tolerations" not in spec and "priorityClassName" not in spec and "nodeSelector" not in spec
+    assert ds["spec"]["updateStrategy"] == {"type": "OnDelete"}
 
 
 def test_image_tag_defaults_to_the_app_version() -> None:
