@@ -403,6 +403,7 @@ impl Fs for FsService {
             Ok(pb::ResolveReply {
                 result: Some(result),
                 revision: revision.0,
+                mirror: st.mirror.as_ref().map(|m| m.status()),
             })
         })
         .await
