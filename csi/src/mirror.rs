@@ -160,15 +160,17 @@ impl fmt::Display for MissingPath {
                 lag_seconds,
                 source_reachable,
             } => {
-                write!(
-                    f,
-                    "mirror lag {lag_revisions} revisions ({lag_seconds:.1} s){}, so the source may have it",
-                    if *source_reachable {
-                        ""
-                    } else {
-                        ", source unreachable"
-                    }
-                )?;
+                if *source_reachable {
+                    write!(
+                        f,
+                        "mirror lag {lag_revisions} revisions ({lag_seconds:.1} s), so the source may have it"
+                    )?;
+                } else {
+                    write!(
+                        f,
+                        "mirror lag {lag_revisions} revisions ({lag_seconds:.1} s) but the source is unreachable, so whether the source has it is unknown"
+                    )?;
+                }
                 if !self.waited.is_zero() {
                     write!(
                         f,
@@ -209,8 +211,13 @@ pub async fn locate(
             return Ok(revision);
         }
         let follow = view.follow(spec, token).await;
+        // The source may have it when the mirror is behind, or cannot tell (source unreachable).
         let may_appear = matches!(lookup, Lookup::Missing { .. })
-            && matches!(follow, Follow::Mirror { lag_revisions, .. } if lag_revisions > 0);
+            && matches!(
+                follow,
+                Follow::Mirror { lag_revisions, source_reachable, .. }
+                    if lag_revisions > 0 || !source_reachable
+            );
         if may_appear && start.elapsed() + POLL <= wait {
             tokio::time::sleep(POLL).await;
             continue;
@@ -324,6 +331,33 @@ mod tests {
         .unwrap_or_default();
         assert!(
             e.contains("mirror lag 3 revisions (1.0 s), so the source may have it (waited"),
+            "{e}"
+        );
+
+        // Cut off from its source, the mirror cannot tell: wait too, and say so.
+        m.set_follow(Follow::Mirror {
+            lag_revisions: 0,
+            lag_seconds: 9.0,
+            source_reachable: false,
+        });
+        let start = std::time::Instant::now();
+        let e = locate(
+            &m,
+            &spec("never"),
+            "tok",
+            "pvc-1",
+            Duration::from_millis(500),
+        )
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            start.elapsed() >= Duration::from_millis(300),
+            "did not wait"
+        );
+        assert!(
+            e.contains("the source is unreachable, so whether the source has it is unknown"),
             "{e}"
         );
     }
