@@ -85,7 +85,7 @@ impl ControllerCore {
         }
         let secrets = Secrets::parse(&r.secrets, "provisioner")?;
         let id = volume_id::for_claim(name, &spec);
-        let _guard = self.locks.try_lock(name)?;
+        let _guard = self.locks.lock(name).await?;
         let known = self
             .store
             .load_claim(name)
@@ -133,7 +133,7 @@ impl ControllerCore {
 
     pub async fn delete(&self, r: csi::DeleteVolumeRequest) -> Result<()> {
         let id = volume_id::check(&r.volume_id)?;
-        let _guard = self.locks.try_lock(id)?;
+        let _guard = self.locks.lock(id).await?;
         if let Some(c) = self.store.claim_by_id(id) {
             self.store.remove_claim(&c.name).map_err(|e| {
                 CsiError::Internal(format!("removing the record of volume {id:?}: {e}"))

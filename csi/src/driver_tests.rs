@@ -997,7 +997,28 @@ async fn node_bad_input_is_refused_clearly() {
         Code::InvalidArgument,
         &["target_path is required"],
     );
-    // Unpublish/unstage of things never staged or mounted succeed; bad paths do not.
+    // Unpublish/unstage of things never staged or mounted succeed, whatever the id looks like;
+    // bad paths do not.
+    for id in ["\u{1}garbage", &"x".repeat(300), "../../etc/passwd"] {
+        let r = n
+            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                volume_id: id.into(),
+                target_path: h.kubelet.join("pods/p9/mount").display().to_string(),
+            })
+            .await;
+        assert!(r.is_ok(), "{id:?}: {r:?}");
+        let r = n
+            .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+                volume_id: id.into(),
+                staging_target_path: h
+                    .kubelet
+                    .join("plugins/x/globalmount")
+                    .display()
+                    .to_string(),
+            })
+            .await;
+        assert!(r.is_ok(), "{id:?}: {r:?}");
+    }
     let r = n
         .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
             volume_id: "never".into(),

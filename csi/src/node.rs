@@ -177,7 +177,7 @@ impl NodeCore {
         let spec = VolumeSpec::from_context(&r.volume_context)?;
         let access = capability::for_node(r.volume_capability.as_ref(), id, spec.lenient)?;
         let secrets = Secrets::parse(&r.secrets, "node-stage")?;
-        let _guard = self.locks.try_lock(id)?;
+        let _guard = self.locks.lock(id).await?;
         let table = self.table().await?;
         let existing = self
             .store
@@ -270,9 +270,9 @@ impl NodeCore {
     }
 
     pub async fn unstage(&self, r: csi::NodeUnstageVolumeRequest) -> Result<()> {
-        let id = volume_id::check(&r.volume_id)?;
+        let id = volume_id::check_teardown(&r.volume_id)?;
         let staging = self.host_path("staging_target_path", &r.staging_target_path)?;
-        let _guard = self.locks.try_lock(id)?;
+        let _guard = self.locks.lock(id).await?;
         let rec = self
             .store
             .load(id)
@@ -368,7 +368,7 @@ impl NodeCore {
         } else {
             Some(Secrets::parse(&r.secrets, "node-publish")?)
         };
-        let _guard = self.locks.try_lock(id)?;
+        let _guard = self.locks.lock(id).await?;
         let mut rec = self.staged(id, &staging, secrets.as_ref()).await?;
         if rec.spec() != spec {
             return Err(CsiError::Conflict(format!(
@@ -559,9 +559,9 @@ impl NodeCore {
     }
 
     pub async fn unpublish(&self, r: csi::NodeUnpublishVolumeRequest) -> Result<()> {
-        let id = volume_id::check(&r.volume_id)?;
+        let id = volume_id::check_teardown(&r.volume_id)?;
         let target = self.host_path("target_path", &r.target_path)?;
-        let _guard = self.locks.try_lock(id)?;
+        let _guard = self.locks.lock(id).await?;
         self.unmount_all(&target).await?;
         self.mounter.remove_dir(&target).await.map_err(|e| {
             CsiError::Internal(format!(
@@ -712,7 +712,7 @@ impl NodeCore {
     pub async fn recover(&self) {
         for rec in self.store.all() {
             let id = rec.volume_id.clone();
-            let Ok(_guard) = self.locks.try_lock(&id) else {
+            let Some(_guard) = self.locks.try_lock_repair(&id) else {
                 continue;
             };
             if let Err(e) = self.recover_one(&rec).await {

@@ -128,6 +128,9 @@ impl Driver {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| ServeError::Metrics { addr, source })?;
+            if let Ok(a) = l.local_addr() {
+                tracing::info!(addr = %a, "serving /metrics and /healthz");
+            }
             let health = this.health.clone();
             let check: Arc<dyn Fn() -> Result<(), String> + Send + Sync> =
                 Arc::new(move || health.check().map_err(|e| e.to_string()));
@@ -143,6 +146,8 @@ impl Driver {
             });
         }
         if this.node.is_some() {
+            // Not ready until the repair is done, from the first Probe on.
+            this.health.recovering.store(true, Ordering::SeqCst);
             let d = this.clone();
             tokio::spawn(async move { d.recover().await });
         }
@@ -185,7 +190,9 @@ pub async fn serve(
     let path = socket_path(&config.endpoint)?;
     let driver = Driver::real(config)?;
     let listener = bind(&path)?;
-    driver.serve_on(listener, shutdown).await
+    let r = driver.serve_on(listener, shutdown).await;
+    let _ = std::fs::remove_file(&path);
+    r
 }
 
 /// Removes a stale socket left by an earlier run, creates the parent directory and listens.

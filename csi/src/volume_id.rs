@@ -47,6 +47,15 @@ pub fn check(id: &str) -> Result<&str> {
     Ok(id)
 }
 
+/// Teardown (NodeUnpublish/NodeUnstage) takes any non-empty id: undoing nothing must succeed
+/// even for an id the spec would not allow, or a pod could never be cleaned up.
+pub fn check_teardown(id: &str) -> Result<&str> {
+    if id.is_empty() {
+        return Err(CsiError::MissingField("volume_id"));
+    }
+    Ok(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +89,8 @@ mod tests {
         assert!(check(&"x".repeat(129)).is_err());
         assert!(check("a\nb").is_err());
         assert!(check("static-handle").is_ok());
+        assert!(check_teardown(&"x".repeat(300)).is_ok());
+        assert!(check_teardown("").is_err());
         assert!(!is_generated("mfs1-zz"));
         assert!(!is_generated("static-handle"));
     }
