@@ -3,8 +3,11 @@ flag and environment variable the chart hands to `mirrorfs` against the built bi
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +159,43 @@ def test_flag_check_notices_a_wrong_flag(mirrorfs_bin: Path) -> None:
     assert "no-such-flag" not in help_flags(text)
     done = subprocess.run([mirrorfs_bin, "csi", "--path-wait=soon", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "path-wait" in done.stderr
+
+
+@pytest.mark.parametrize("component", ["controller", "node"])
+def test_the_driver_starts_with_the_charts_arguments(component: str, mirrorfs_bin: Path, tmp_path: Path) -> None:
+    """`mirrorfs csi` with the rendered arguments passes its start-up checks and serves its
+    socket. Only what would touch the host is redirected into a temporary directory: the socket,
+    the state directory, the metrics port (an ephemeral one)."""
+    release = chartlib.render(SCENARIOS["everything"])
+    kind = "Deployment" if component == "controller" else "DaemonSet"
+    obj = release.one(kind, f"{chartlib.RELEASE}-{component}")
+    (driver,) = [c for c in obj["spec"]["template"]["spec"]["containers"] if c["name"] == "mirrorfs"]
+    socket = tmp_path / "csi.sock"
+    redirect = {
+        "endpoint": f"unix://{socket}",
+        "state-dir": str(tmp_path / "state"),
+        "metrics-addr": "127.0.0.1:0",
+    }
+    args = []
+    for arg in driver["args"]:
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+        args.append(f"--{name}={redirect[name]}" if name in redirect else arg.replace("$(NODE_NAME)", "node-1"))
+    env = {"PATH": os.environ.get("PATH", ""), "MIRRORFS_LOG": "info"}
+    proc = subprocess.Popen([mirrorfs_bin, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not socket.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"mirrorfs {' '.join(args)} exited with {proc.returncode}: {proc.stderr.read()}")
+            if time.monotonic() > deadline:
+                pytest.fail("the driver did not create its socket within 30 s")
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, f"the driver did not stop cleanly on SIGTERM: {proc.stderr.read()}"
