@@ -46,6 +46,14 @@ def seconds(duration: str) -> int:
     return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
+def check_startup_probe(driver: dict[str, Any], timeout: int = 300) -> None:
+    """Liveness counts only once the driver is ready: a restarted node plugin remounts its
+    volumes first and answers "not ready" meanwhile, which livenessprobe reports as a failure."""
+    startup = driver["startupProbe"]
+    assert startup["httpGet"] == driver["livenessProbe"]["httpGet"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= timeout
+
+
 def volume(pod_spec: dict[str, Any], name: str) -> dict[str, Any]:
     return next(v for v in pod_spec["volumes"] if v["name"] == name)
 
@@ -242,10 +250,11 @@ def test_controller_runs_the_provisioner_with_the_flags_the_driver_needs(scenari
     probe = container(deploy, "liveness-probe")
     assert probe["image"] == "registry.k8s.io/sig-storage/livenessprobe:v2.19.0"
     assert flag(probe, "csi-address") == "/csi/csi.sock"
-    health_port = int(flag(probe, "health-port"))
+    health_port = int(flag(probe, "http-endpoint").lstrip(":"))
     healthz = next(p for p in driver["ports"] if p["name"] == "healthz")
     assert healthz["containerPort"] == health_port
     assert driver["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    check_startup_probe(driver)
     # All three share the socket directory.
     for c in spec["containers"]:
         assert mount(c, "socket-dir")["mountPath"] == "/csi"
@@ -254,6 +263,14 @@ def test_controller_runs_the_provisioner_with_the_flags_the_driver_needs(scenari
     for c in spec["containers"]:
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
         assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_startup_timeout() -> None:
+    release = chartlib.render({"driver": {"startupTimeout": "12m"}})
+    for kind, name in (("DaemonSet", f"{FULL}-node"), ("Deployment", f"{FULL}-controller")):
+        driver = container(release.one(kind, name), "mirrorfs")
+        check_startup_probe(driver, 720)
+        assert driver["startupProbe"]["failureThreshold"] == 144
 
 
 def test_default_provisioner_timeout_is_path_wait_plus_30s() -> None:
@@ -318,8 +335,9 @@ def test_node_plugin_mounts_where_kubelet_looks(scenario: str) -> None:
     probe = container(ds, "liveness-probe")
     assert probe["image"] == "registry.k8s.io/sig-storage/livenessprobe:v2.19.0"
     healthz = next(p for p in driver["ports"] if p["name"] == "healthz")
-    assert int(flag(probe, "health-port")) == healthz["containerPort"]
+    assert flag(probe, "http-endpoint") == f":{healthz['containerPort']}"
     assert driver["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    check_startup_probe(driver)
 
     # The kubelet directory is a value: no default path may leak into a custom one.
     if kubelet != "/var/lib/kubelet":

@@ -85,3 +85,9 @@ driver.pathWait + 30s.
 - --metrics-addr=0.0.0.0:{{ .Values.driver.metrics.port }}
 {{- end }}
 {{- end }}
+
+{{/* The startup probe's failureThreshold: driver.startupTimeout in 5-second periods. */}}
+{{- define "mirrorfs-csi.startupProbeFailures" -}}
+{{- $s := include "mirrorfs-csi.seconds" .Values.driver.startupTimeout | atoi }}
+{{- max 1 (div (add $s 4) 5) }}
+{{- end }}
