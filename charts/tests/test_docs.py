@@ -7,7 +7,11 @@ import json
 import re
 from typing import Any, Iterator
 
+import yaml
+
+import k8s_checks
 from chartlib import CHART, REPO
+from test_chart import check_storage_class
 
 
 def values_in_schema(schema: dict[str, Any], prefix: str = "") -> Iterator[str]:
@@ -59,3 +63,18 @@ def test_readme_install_section_points_at_real_files() -> None:
         assert (REPO / path).exists(), f"README names {path}, which does not exist"
     for needed in ("helm install", "manifests/examples/dynamic.yaml", "manifests/examples/static.yaml", "kubeletDir"):
         assert needed in section
+
+
+def test_readme_yaml_examples_are_valid_objects() -> None:
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("## Kubernetes install")
+    section = readme[start : readme.find("\n## ", start + 1)]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    objs = [yaml.safe_load(b) for b in blocks]
+    assert {o["kind"] for o in objs} == {"StorageClass", "PersistentVolume"}
+    assert k8s_checks.check_all(objs, None) == []
+    for o in objs:
+        if o["kind"] == "StorageClass":
+            check_storage_class({**o, "allowVolumeExpansion": False})
+        else:
+            assert o["spec"]["csi"]["driver"] == "csi.mirrorfs.io"
