@@ -218,7 +218,24 @@ pub async fn locate(
                 Follow::Mirror { lag_revisions, source_reachable, .. }
                     if lag_revisions > 0 || !source_reachable
             );
-        if may_appear && start.elapsed() + POLL <= wait {
+        // A mirror without lag may not have heard of the newest source commits yet: they
+        // arrive within the replication latency. Look again briefly before concluding.
+        let caught_up = matches!(lookup, Lookup::Missing { .. })
+            && matches!(
+                follow,
+                Follow::Mirror {
+                    source_reachable: true,
+                    ..
+                }
+            );
+        let limit = if may_appear {
+            wait
+        } else if caught_up {
+            wait.min(CAUGHT_UP_GRACE)
+        } else {
+            Duration::ZERO
+        };
+        if start.elapsed() + POLL <= limit {
             tokio::time::sleep(POLL).await;
             continue;
         }
@@ -242,6 +259,9 @@ pub async fn locate(
 
 /// How often a lagging mirror is asked again.
 const POLL: Duration = Duration::from_millis(200);
+/// How long a mirror reporting no lag is asked again (news of a source commit takes the
+/// replication latency, about a second, to reach it).
+pub const CAUGHT_UP_GRACE: Duration = Duration::from_secs(3);
 
 #[cfg(test)]
 mod tests {
@@ -279,17 +299,19 @@ mod tests {
             lag_seconds: 0.2,
             source_reachable: true,
         });
+        // Caught up: looked at again for a short grace only (bounded by the wait).
         let e = locate(
             &m,
             &spec("team/x/y"),
             "tok",
             "pvc-1",
-            Duration::from_secs(5),
+            Duration::from_millis(700),
         )
         .await;
         let Err(e @ CsiError::PathMissing(_)) = e else {
             panic!("{e:?}");
         };
+        assert!(m.lookups() >= 2 && m.lookups() <= 5, "{}", m.lookups());
         let msg = e.to_string();
         for needle in [
             "volume \"pvc-1\"",

@@ -176,10 +176,22 @@ impl Mounter for LinuxMounter {
 
     async fn health(&self, path: &Path) -> Health {
         let p = path.to_owned();
-        match blocking(move || std::fs::metadata(p), STAT_TIMEOUT).await {
-            None => Health::Broken(format!("stat did not answer within {STAT_TIMEOUT:?}")),
-            Some(Ok(m)) if m.is_dir() => Health::Directory,
-            Some(Ok(_)) => Health::NotDirectory,
+        // statfs first: it always reaches a FUSE connection, while a stat may be answered from
+        // the kernel's attribute cache long after the daemon died.
+        let r = blocking(
+            move || match nix::sys::statvfs::statvfs(&p) {
+                Err(Errno::ENOENT) => Ok(None),
+                Err(e) => Err(io_err(e)),
+                Ok(_) => std::fs::metadata(&p).map(Some),
+            },
+            STAT_TIMEOUT,
+        )
+        .await;
+        match r {
+            None => Health::Broken(format!("statfs did not answer within {STAT_TIMEOUT:?}")),
+            Some(Ok(Some(m))) if m.is_dir() => Health::Directory,
+            Some(Ok(Some(_))) => Health::NotDirectory,
+            Some(Ok(None)) => Health::Missing,
             Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => Health::Missing,
             Some(Err(e)) => Health::Broken(e.to_string()),
         }
