@@ -3,8 +3,13 @@
 //! source region's bucket) into a volume, starts a mirror region that follows the source, checks
 //! paths on the mirror the way the CSI driver does before mounting, shows that the mirror
 //! refuses writes, reads the data in the mirror region before and after replication has copied
-//! it into the mirror's own bucket, and measures how fresh the mirror's metadata is.
+//! it into the mirror's own bucket, then serves the CSI driver and calls it as Kubernetes does:
+//! a claim on an existing directory is provisioned and one on a missing directory fails fast,
+//! the volume is staged and published read-only into a pod's directory, where the data reads
+//! back byte for byte and a write fails. Last, how fresh the mirror's metadata is. Ctrl-C at any
+//! point unmounts and removes everything.
 
+mod csi;
 mod data;
 
 use std::time::{Duration, Instant};
@@ -33,19 +38,43 @@ const TREE: &[&str] = &[
 ];
 
 pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
+    csi::check_node_prerequisites()?;
     let dir = tempfile::Builder::new()
         .prefix("mirrorfs-demo-")
         .tempdir()?;
-    let meta = LocalMeta::start(dir.path()).await?;
+    let mut kube = None;
+    let r = tokio::select! {
+        r = story(&a, dir.path(), &mut kube) => r,
+        _ = tokio::signal::ctrl_c() => {
+            println!("\ninterrupted: unmounting and removing what the demo made");
+            Ok(())
+        }
+    };
+    let cleaned = match kube.take() {
+        Some(k) => k.stop().await,
+        None => Ok(()),
+    };
+    r?;
+    cleaned?;
+    println!("done; removed {}", dir.path().display());
+    Ok(())
+}
+
+async fn story(
+    a: &DemoArgs,
+    dir: &std::path::Path,
+    kube: &mut Option<csi::Kubernetes>,
+) -> anyhow::Result<()> {
+    let meta = LocalMeta::start(dir).await?;
     println!(
         "1. source region: meta service on {} (embedded engine in {})",
         meta.url,
-        dir.path().display()
+        dir.display()
     );
 
     let channel = client::connect(&meta.url, Duration::from_secs(5)).await?;
     let mut admin = client::admin(channel.clone(), &meta.admin_token)?;
-    let source_bucket = data::bucket_url(&dir.path().join("bucket-region-a"))?;
+    let source_bucket = data::bucket_url(&dir.join("bucket-region-a"))?;
     let created = admin
         .create_volume(pb::CreateVolumeRequest {
             name: VOLUME.into(),
@@ -119,22 +148,22 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     );
     let source_blocks = data::open(&source_bucket)?;
     let started = Instant::now();
-    let (inos, bytes) =
+    let written =
         data::write_files(&mut fs, VOLUME, volume_id, &source_blocks, last_dir, 4).await?;
+    let inos = &written.inos;
     println!(
         "   and {} files of data under /{}: {:.0} MB as 1 MiB checksummed blocks in the source bucket, in {:.0} ms",
         inos.len(),
         TREE[TREE.len() - 1],
-        bytes as f64 / 1e6,
+        written.bytes as f64 / 1e6,
         started.elapsed().as_secs_f64() * 1000.0
     );
 
     // The mirror region: its own meta service and engine, following the source's changelog.
-    let mirror_dir = tempfile::Builder::new()
-        .prefix("mirrorfs-demo-mirror-")
-        .tempdir()?;
+    let mirror_dir = dir.join("mirror-region");
+    std::fs::create_dir_all(&mirror_dir)?;
     let started = Instant::now();
-    let mirror = LocalMeta::start_mirror(mirror_dir.path(), &meta.url, &meta.admin_token).await?;
+    let mirror = LocalMeta::start_mirror(&mirror_dir, &meta.url, &meta.admin_token).await?;
     let follower = mirror
         .mirror
         .clone()
@@ -153,7 +182,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
 
     let mchannel = client::connect(&mirror.url, Duration::from_secs(5)).await?;
     let mut madmin = client::admin(mchannel.clone(), &mirror.admin_token)?;
-    let mirror_bucket = data::bucket_url(&mirror_dir.path().join("bucket-region-b"))?;
+    let mirror_bucket = data::bucket_url(&mirror_dir.join("bucket-region-b"))?;
     let mvol = madmin
         .create_volume(pb::CreateVolumeRequest {
             name: VOLUME.into(),
@@ -218,7 +247,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     }
 
     // Data in the mirror region: local bucket first, the source bucket until replicated.
-    let blocks = data::blocks_of(&mut mfs, VOLUME, &inos).await?;
+    let blocks = data::blocks_of(&mut mfs, VOLUME, inos).await?;
     let (reader, _) = data::reader(
         source_blocks,
         data::open(&mirror_bucket)?,
@@ -246,6 +275,77 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "   reading again: {local} blocks from the mirror bucket, {fallback} from the source bucket"
     );
 
+    // The CSI driver, called as Kubernetes calls it.
+    let k = kube.insert(csi::Kubernetes::start(dir).await?);
+    println!(
+        "10. the CSI driver ({}) serves on a local socket; as the external-provisioner:",
+        mirrorfs_csi::DRIVER_NAME
+    );
+    let data_dir = TREE[TREE.len() - 1];
+    let volume_id = k
+        .create_volume("resnet50", VOLUME, &mirror.url, data_dir, &mvol.token)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "CreateVolume of an existing directory failed: {}",
+                e.message()
+            )
+        })?;
+    println!("    claim default/resnet50 (ReadOnlyMany, subdir {data_dir}) -> volume {volume_id}");
+    match k
+        .create_volume(
+            "coco",
+            VOLUME,
+            &mirror.url,
+            "teams/vision/coco/train",
+            &mvol.token,
+        )
+        .await
+    {
+        Err(e) => println!(
+            "    claim default/coco (subdir teams/vision/coco/train) fails fast with {:?}:\n      {}",
+            e.code(),
+            e.message()
+        ),
+        Ok(id) => anyhow::bail!("CreateVolume accepted a missing directory as {id}"),
+    }
+    let target = k.stage_and_publish(&volume_id, &mvol.token).await?;
+    println!(
+        "11. as the kubelet: staged (one read-only FUSE mount per node) and published into the pod's directory\n    {} (mounted {})",
+        target.display(),
+        match csi::mounted_read_only(&target) {
+            Some(true) => "read-only, per /proc/self/mountinfo",
+            Some(false) => "READ-WRITE",
+            None => "not at all",
+        }
+    );
+    let started = Instant::now();
+    for (name, expected) in &written.files {
+        let bytes = std::fs::read(target.join(name))?;
+        let same = blake3::hash(&bytes) == *expected;
+        println!(
+            "    pod reads {name}: {:.1} MB, {}",
+            bytes.len() as f64 / 1e6,
+            if same {
+                "identical to what the source wrote"
+            } else {
+                "DIFFERENT from the source"
+            }
+        );
+        anyhow::ensure!(
+            same,
+            "{name} read through the published path differs from the source"
+        );
+    }
+    println!(
+        "    ({:.0} ms for the four files through the mount)",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    match std::fs::write(target.join("scratch.txt"), b"x") {
+        Err(e) => println!("    pod writes scratch.txt: {e}"),
+        Ok(()) => anyhow::bail!("a write through the published mirror path succeeded"),
+    }
+
     // Freshness: the time from a source acknowledgement to the mirror applying it.
     let mut lags = Vec::new();
     for i in 0..20 {
@@ -266,13 +366,13 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     }
     lags.sort();
     println!(
-        "10. metadata freshness: a source change is applied in the mirror {:.1} ms (median of 20) after the source acknowledged it",
+        "12. metadata freshness: a source change is applied in the mirror {:.1} ms (median of 20) after the source acknowledged it",
         lags[lags.len() / 2].as_secs_f64() * 1000.0
     );
     let st = madmin.status(pb::StatusRequest {}).await?.into_inner();
     if let Some(m) = st.mirror {
         println!(
-            "11. mirror status: {} · applied source revision {} of {} · lag {} revisions, {:.3} s · source reachable: {}",
+            "13. mirror status: {} · applied source revision {} of {} · lag {} revisions, {:.3} s · source reachable: {}",
             m.state,
             m.applied_revision,
             m.source_revision,
@@ -282,23 +382,29 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         );
     }
 
+    if let Some(r) = st.replication {
+        println!(
+            "    replication: {} blocks waiting, {} leased, {} copy tasks completed since the mirror started",
+            r.ready, r.leased, r.completed_total
+        );
+    }
+
     if a.keep_running {
-        let token_file = dir.path().join("admin.token");
+        let token_file = dir.join("admin.token");
         crate::token::write_new(&token_file, &meta.admin_token)?;
         println!(
-            "\nserving until Ctrl-C; try:\n  mirrorfs status --meta {} --admin-token-file {}",
+            "\nserving until Ctrl-C; try:\n  ls -l {}\n  mirrorfs status --meta {} --admin-token-file {}",
+            target.display(),
             meta.url,
             token_file.display()
         );
-        tokio::signal::ctrl_c().await?;
+        std::future::pending::<()>().await;
+    }
+    if let Some(k) = kube.take() {
+        k.stop().await?;
     }
     mirror.stop().await?;
     meta.stop().await?;
-    println!(
-        "done; removed {} and {}",
-        dir.path().display(),
-        mirror_dir.path().display()
-    );
     Ok(())
 }
 

@@ -169,21 +169,123 @@ fn bad_serve_flags_fail_fast() {
 }
 
 #[test]
-fn the_demo_shows_paths_refused_writes_data_fallback_and_replication() {
+fn the_demo_shows_paths_refused_writes_data_fallback_replication_and_the_csi_node_path() {
     let o = mirrorfs(&["demo"], &[("MIRRORFS_LOG", "warn")]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
+    // Everything it mounted is gone, and so is its directory.
+    let dir = out
+        .lines()
+        .find_map(|l| l.strip_prefix("done; removed "))
+        .unwrap_or_else(|| panic!("the demo did not say what it removed:\n{out}"));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(dir), "{mounts}");
+    assert!(!std::path::Path::new(dir).exists(), "{dir} is left");
     for needle in [
         "/teams/vision/imagenet/train: exists",
         "/teams/vision/coco/train: MISSING",
         "a write on the mirror is refused",
         "0 blocks from the mirror bucket, 16 from the source bucket",
         "reading again: 16 blocks from the mirror bucket, 0 from the source bucket",
+        "claim default/resnet50 (ReadOnlyMany, subdir models/resnet50) -> volume ",
+        "claim default/coco (subdir teams/vision/coco/train) fails fast with NotFound",
+        "has no entry \"coco\"",
+        "mounted read-only, per /proc/self/mountinfo",
+        "pod reads weights-03.bin: 4.2 MB, identical to what the source wrote",
+        "pod writes scratch.txt: Read-only file system",
         "metadata freshness",
+        "lag 0 revisions",
     ] {
         assert!(
             out.contains(needle),
             "the demo should say {needle:?}:\n{out}"
         );
     }
+}
+
+/// `mirrorfs demo --keep-running` keeps the published mount until Ctrl-C, then unmounts and
+/// removes everything.
+#[test]
+fn the_demo_cleans_up_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Kill(
+        Command::new(env!("CARGO_BIN_EXE_mirrorfs"))
+            .args(["demo", "--keep-running"])
+            .env("MIRRORFS_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the demo"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut out = String::new();
+    let mut published = None;
+    while published.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("the demo never said it was serving:\n{out}"));
+        out.push_str(&line);
+        out.push('\n');
+        if let Some(path) = line.trim().strip_prefix("ls -l ") {
+            published = Some(std::path::PathBuf::from(path));
+        }
+    }
+    let published = published.expect("published path");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        mounts.contains(published.to_str().expect("utf-8")),
+        "the published path is not mounted while the demo runs:\n{out}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let status = loop {
+        if let Some(s) = child.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not exit after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    assert!(status.success(), "{status}\n{out}");
+    assert!(out.contains("interrupted: unmounting"), "{out}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains("mirrorfs-demo-"),
+        "mounts left after Ctrl-C:\n{mounts}"
+    );
+    assert!(
+        !published.exists(),
+        "{} was not removed",
+        published.display()
+    );
 }

@@ -30,8 +30,15 @@ pub fn open(url: &str) -> anyhow::Result<Bucket> {
     Ok(Bucket::open(&BucketConfig::new(url))?)
 }
 
+/// Files written by [`write_files`]: inodes, names with the BLAKE3 of their contents, bytes.
+pub struct Written {
+    pub inos: Vec<u64>,
+    pub files: Vec<(String, blake3::Hash)>,
+    pub bytes: u64,
+}
+
 /// Writes `files` files of random contents under directory `parent`: blocks into `bucket`,
-/// then their extents. Returns the file inodes and the bytes written.
+/// then their extents.
 pub async fn write_files(
     fs: &mut FsClient<Authed>,
     volume: &str,
@@ -39,19 +46,25 @@ pub async fn write_files(
     bucket: &Bucket,
     parent: u64,
     files: usize,
-) -> anyhow::Result<(Vec<u64>, u64)> {
+) -> anyhow::Result<Written> {
     let vref = || {
         Some(pb::VolumeRef {
             volume: volume.into(),
         })
     };
-    let (mut inos, mut bytes) = (Vec::new(), 0);
+    let mut out = Written {
+        inos: Vec::new(),
+        files: Vec::new(),
+        bytes: 0,
+    };
     for f in 0..files {
+        let name = format!("weights-{f:02}.bin");
+        let mut hasher = blake3::Hasher::new();
         let attr = fs
             .create(pb::CreateRequest {
                 volume: vref(),
                 parent,
-                name: format!("weights-{f:02}.bin").into(),
+                name: name.clone().into(),
                 mode: 0o644,
                 exclusive: true,
                 ..Default::default()
@@ -64,6 +77,7 @@ pub async fn write_files(
         for b in 0..BLOCKS_PER_FILE {
             let mut data = vec![0u8; BLOCK];
             rand::Rng::fill(&mut rand::rng(), &mut data[..]);
+            hasher.update(&data);
             let id = new_block_id(VolumeId(volume_id));
             let sum = bucket.put_block(&id, Bytes::from(data)).await?;
             extents.push(pb::Extent {
@@ -74,7 +88,7 @@ pub async fn write_files(
                 block_size: BLOCK as u64,
                 checksum: sum.0.to_vec(),
             });
-            bytes += BLOCK as u64;
+            out.bytes += BLOCK as u64;
         }
         fs.commit_extents(pb::CommitExtentsRequest {
             volume: vref(),
@@ -84,9 +98,10 @@ pub async fn write_files(
             mtime: None,
         })
         .await?;
-        inos.push(attr.ino);
+        out.inos.push(attr.ino);
+        out.files.push((name, hasher.finalize()));
     }
-    Ok((inos, bytes))
+    Ok(out)
 }
 
 /// The blocks of `inos`, as a reader in the mirror region sees them (from the mirror's metadata).
