@@ -60,6 +60,9 @@ pub struct MountArgs {
     /// Written bytes buffered before a writer must commit, in MiB.
     #[arg(long, env = "MIRRORFS_MAX_DIRTY_MB", default_value_t = 256)]
     pub max_dirty_mb: u64,
+    /// The kernel's readahead for the mount, in KiB (0: leave the kernel's default, 128).
+    #[arg(long, env = "MIRRORFS_KERNEL_READAHEAD_KB", default_value_t = mount::DEFAULT_KERNEL_READAHEAD_KB)]
+    pub kernel_readahead_kb: u32,
     /// FUSE request threads.
     #[arg(long, env = "MIRRORFS_FUSE_THREADS", default_value_t = 4)]
     pub threads: usize,
@@ -109,6 +112,7 @@ fn config(a: &MountArgs) -> anyhow::Result<MountConfig> {
     c.replication = !a.no_replication;
     c.replication_workers = a.replication_workers.max(1);
     c.threads = a.threads;
+    c.kernel_readahead_kb = (a.kernel_readahead_kb > 0).then_some(a.kernel_readahead_kb);
     c.fs = FsConfig {
         attr_ttl: a.attr_ttl,
         cache_bytes: a.cache_mb << 20,

@@ -64,6 +64,9 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// FUSE request threads reading from the kernel.
     pub threads: usize,
+    /// The kernel's readahead for this mount, in KiB (its default, 128, caps FUSE read
+    /// requests at 128 KiB each); None leaves it.
+    pub kernel_readahead_kb: Option<u32>,
 }
 
 impl MountConfig {
@@ -82,9 +85,14 @@ impl MountConfig {
             mirror_credentials: None,
             allow_other: nix::unistd::geteuid().is_root(),
             threads: 4,
+            kernel_readahead_kb: Some(DEFAULT_KERNEL_READAHEAD_KB),
         }
     }
 }
+
+/// The kernel readahead set on mounts by default: 16 MiB, so a sequential reader's requests
+/// arrive large and several at a time.
+pub const DEFAULT_KERNEL_READAHEAD_KB: u32 = 16 << 10;
 
 /// Why a mount failed or ended badly. Messages name the volume or path and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +188,8 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
 /// One line of `/proc/self/mountinfo`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountInfo {
+    /// `major:minor` of the mounted file system (its backing device info in /sys/class/bdi).
+    pub device: String,
     pub mountpoint: PathBuf,
     /// Per-mount options (`ro`, `nosuid`, …).
     pub mount_options: Vec<String>,
@@ -232,6 +242,7 @@ fn parse_mountinfo(line: &str) -> Option<MountInfo> {
     let pre: Vec<&str> = pre.split(' ').collect();
     let post: Vec<&str> = post.split(' ').collect();
     Some(MountInfo {
+        device: (*pre.get(2)?).to_owned(),
         mountpoint: PathBuf::from(unescape(pre.get(4)?)),
         mount_options: pre.get(5)?.split(',').map(str::to_owned).collect(),
         fstype: (*post.first()?).to_owned(),
@@ -301,6 +312,8 @@ pub struct FuseOptions {
     pub kernel_read_only: bool,
     pub allow_other: bool,
     pub threads: usize,
+    /// See [`MountConfig::kernel_readahead_kb`].
+    pub kernel_readahead_kb: Option<u32>,
 }
 
 impl FuseOptions {
@@ -311,6 +324,7 @@ impl FuseOptions {
             kernel_read_only: true,
             allow_other: nix::unistd::geteuid().is_root(),
             threads: 4,
+            kernel_readahead_kb: None,
         }
     }
 
@@ -404,6 +418,9 @@ impl Mount {
                 error: e,
             });
         }
+        if let Some(kb) = opts.kernel_readahead_kb {
+            set_kernel_readahead(&path, kb);
+        }
         tracing::info!(volume = %volume, path = %path.display(), read_only, "mounted");
         Ok(Mount {
             path,
@@ -433,6 +450,7 @@ impl Mount {
         opts.read_only = config.read_only;
         opts.allow_other = config.allow_other;
         opts.threads = config.threads;
+        opts.kernel_readahead_kb = config.kernel_readahead_kb;
         let mut mount = Mount::start(core, &path, opts).await?;
         mount.workers = workers;
         Ok(mount)
@@ -494,6 +512,18 @@ impl Drop for Mount {
         if !self.unmounted && self.ended.is_some() {
             let _ = unmount(&self.path, true);
         }
+    }
+}
+
+/// Sets the readahead of the mount at `path` (its entry in /sys/class/bdi, found through
+/// mountinfo: asking the mount itself could wait on this very process). Best effort: without
+/// the right to write there the kernel's default stays.
+fn set_kernel_readahead(path: &Path, kb: u32) {
+    let Some(m) = find_mount(path) else { return };
+    let file = format!("/sys/class/bdi/{}/read_ahead_kb", m.device);
+    match std::fs::write(&file, format!("{kb}\n")) {
+        Ok(()) => tracing::debug!(file, kb, "kernel readahead set"),
+        Err(e) => tracing::debug!(file, error = %e, "kernel readahead left at its default"),
     }
 }
 
@@ -644,6 +674,7 @@ mod tests {
         let line = "42 27 0:39 / /tmp/a\\040b rw,nosuid,nodev,relatime shared:1 - fuse mirrorfs:data rw,user_id=0,group_id=0,allow_other";
         let m = parse_mountinfo(line).expect("parses");
         assert_eq!(m.mountpoint, PathBuf::from("/tmp/a b"));
+        assert_eq!(m.device, "0:39");
         assert_eq!(m.fstype, "fuse");
         assert_eq!(m.source, "mirrorfs:data");
         assert!(!m.read_only());
