@@ -117,3 +117,79 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        out
+    }
+
+    #[tokio::test]
+    async fn metrics_and_healthz_are_served() {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let m = Arc::new(Metrics::default());
+        m.record(
+            "NodePublishVolume",
+            tonic::Code::Ok,
+            Duration::from_millis(3),
+        );
+        m.record(
+            "CreateVolume",
+            tonic::Code::NotFound,
+            Duration::from_millis(1),
+        );
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let h = healthy.clone();
+        let check: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = Arc::new(move || {
+            if h.load(std::sync::atomic::Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("/dev/fuse is missing".into())
+            }
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(l, m, check, async {
+            let _ = rx.await;
+        }));
+        let body = get(addr, "/metrics").await;
+        assert!(
+            body.contains("mirrorfs_csi_calls_total{method=\"CreateVolume\",code=\"NotFound\"} 1"),
+            "{body}"
+        );
+        assert!(
+            body.contains("mirrorfs_csi_call_seconds_count{method=\"NodePublishVolume\"} 1"),
+            "{body}"
+        );
+        let ok = get(addr, "/healthz").await;
+        assert!(
+            ok.starts_with("HTTP/1.1 200") && ok.ends_with("ok\n"),
+            "{ok}"
+        );
+        healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+        let bad = get(addr, "/healthz").await;
+        assert!(
+            bad.starts_with("HTTP/1.1 503") && bad.contains("/dev/fuse is missing"),
+            "{bad}"
+        );
+        let _ = tx.send(());
+        let r = server.await.map_err(|e| e.to_string());
+        assert!(matches!(r, Ok(Ok(()))), "{r:?}");
+    }
+}

@@ -363,10 +363,11 @@ impl NodeCore {
         let staging = self.host_path("staging_target_path", &r.staging_target_path)?;
         let spec = VolumeSpec::from_context(&r.volume_context)?;
         let access = capability::for_node(r.volume_capability.as_ref(), id, spec.lenient)?;
-        let secrets = if r.secrets.is_empty() {
-            None
-        } else {
+        // A node-publish secret is optional: without a token the staged volume's secrets serve.
+        let secrets = if r.secrets.contains_key(crate::params::SECRET_TOKEN) {
             Some(Secrets::parse(&r.secrets, "node-publish")?)
+        } else {
+            None
         };
         let _guard = self.locks.lock(id).await?;
         let mut rec = self.staged(id, &staging, secrets.as_ref()).await?;
