@@ -465,6 +465,30 @@ async fn every_call_is_idempotent() {
     probe_ok(&c).await;
 }
 
+/// The message of a missing path says the source lacks it too (not "unknown").
+fn assert_says_source_lacks_it(message: &str) {
+    let m = message.to_lowercase();
+    assert!(
+        !m.contains("unknown"),
+        "the message leaves open whether the source has the path: {message:?}"
+    );
+    assert!(
+        [
+            "source does not have",
+            "source has no",
+            "not in the source",
+            "source lacks",
+            "source doesn't have",
+            "missing in the source",
+            "absent from the source",
+            "source neither"
+        ]
+        .iter()
+        .any(|p| m.contains(p)),
+        "the message does not say that the source lacks the path: {message:?}"
+    );
+}
+
 async fn probe_ok(c: &Cluster) {
     let r = c.driver.identity().probe(pb::ProbeRequest {}).await;
     assert!(r.is_ok(), "the driver stopped answering Probe: {r:?}");
@@ -503,6 +527,7 @@ async fn missing_subdir_fails_fast_at_create_volume() {
             ],
             &[MIRROR_VOLUME, path, "coco", "revision", "lag", "source"],
         );
+        assert_says_source_lacks_it(st.message());
         assert!(
             took < Duration::from_secs(5),
             "CreateVolume of a path the source does not have either took {took:?} (it must not wait --path-wait): {}",
@@ -560,6 +585,7 @@ async fn missing_subdir_of_a_static_pv_fails_fast_at_node_publish() {
         &[Code::NotFound],
         &[MIRROR_VOLUME, path, "coco", "revision", "lag", "source"],
     );
+    assert_says_source_lacks_it(st.message());
     assert!(
         took < Duration::from_secs(5),
         "failing took {took:?} although the source lacks the path too: {}",

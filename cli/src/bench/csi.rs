@@ -112,6 +112,8 @@ struct Row {
     calls: u64,
     p50: Duration,
     p99: Duration,
+    /// Calls per second over the measurement (all callers).
+    rate: f64,
     target: Option<Duration>,
 }
 
@@ -154,8 +156,17 @@ async fn measure(a: &CsiBenchArgs, dir: &Path, max_callers: usize) -> anyhow::Re
     let mut rows = Vec::new();
     for &n in &a.callers {
         eprintln!("bench csi: CreateVolume, {n} caller(s) ...");
+        let started = Instant::now();
         let (calls, h) = create_volumes(&driver.channel, &class, &deep, n, a.create_calls).await?;
-        rows.push(row("CreateVolume", n, calls, &h, Some(CREATE_P99_TARGET)));
+        let took = started.elapsed();
+        rows.push(row(
+            "CreateVolume",
+            n,
+            calls,
+            &h,
+            took,
+            Some(CREATE_P99_TARGET),
+        ));
     }
 
     // The published volumes: one per caller, each staged once.
@@ -168,10 +179,20 @@ async fn measure(a: &CsiBenchArgs, dir: &Path, max_callers: usize) -> anyhow::Re
     let mut unpublish = Vec::new();
     for &n in &a.callers {
         eprintln!("bench csi: NodePublish, {n} caller(s) ...");
+        let started = Instant::now();
         let (calls, h, u) =
             publish_volumes(&driver.channel, &kubelet, &volumes[..n], a.publish_calls).await?;
-        rows.push(row("NodePublish", n, calls, &h, Some(PUBLISH_P99_TARGET)));
-        unpublish.push(row("NodeUnpublish", n, calls, &u, None));
+        // Each caller alternates publish and unpublish: the rate is of those cycles.
+        let took = started.elapsed();
+        rows.push(row(
+            "NodePublish",
+            n,
+            calls,
+            &h,
+            took,
+            Some(PUBLISH_P99_TARGET),
+        ));
+        unpublish.push(row("NodeUnpublish", n, calls, &u, took, None));
     }
     rows.extend(unpublish);
     for v in &volumes {
@@ -194,7 +215,8 @@ fn row(
     callers: usize,
     calls: u64,
     h: &Histogram<u64>,
-    t: Option<Duration>,
+    took: Duration,
+    target: Option<Duration>,
 ) -> Row {
     Row {
         op,
@@ -202,7 +224,8 @@ fn row(
         calls,
         p50: Duration::from_micros(h.value_at_quantile(0.5)),
         p99: Duration::from_micros(h.value_at_quantile(0.99)),
-        target: t,
+        rate: calls as f64 / took.as_secs_f64().max(1e-9),
+        target,
     }
 }
 
@@ -639,8 +662,16 @@ fn print_table(a: &CsiBenchArgs, rows: &[Row]) {
         a.inodes, a.depth
     );
     println!(
-        "{:<14} {:>7} {:>7} {:>9} {:>9}  {:<12} result",
-        "call", "callers", "calls", "p50 ms", "p99 ms", "target"
+        "machine: {} cores, load average {} (the driver, the mirror meta service and the callers share them)",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_else(|| "?".into())
+    );
+    println!(
+        "{:<14} {:>7} {:>7} {:>9} {:>9} {:>9}  {:<12} result",
+        "call", "callers", "calls", "p50 ms", "p99 ms", "calls/s", "target"
     );
     for r in rows {
         let (target, verdict) = match r.target {
@@ -651,12 +682,13 @@ fn print_table(a: &CsiBenchArgs, rows: &[Row]) {
             None => ("-".to_owned(), ""),
         };
         println!(
-            "{:<14} {:>7} {:>7} {:>9.2} {:>9.2}  {:<12} {verdict}",
+            "{:<14} {:>7} {:>7} {:>9.2} {:>9.2} {:>9.0}  {:<12} {verdict}",
             r.op,
             r.callers,
             r.calls,
             r.p50.as_secs_f64() * 1e3,
             r.p99.as_secs_f64() * 1e3,
+            r.rate,
             target
         );
     }
