@@ -1245,3 +1245,92 @@ async fn symlinks_never_lead_out_of_the_volume() {
     let _ = c.kubelet.unstage(&mut node, &pv).await;
     no_mounts_left(&c).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_calls_in_flight_give_one_mount() {
+    // A CO may resend a call while the first is still running (after its own restart): each
+    // answer is OK or ABORTED, and the node ends up with one FUSE mount and one bind mount.
+    let c = Cluster::start().await;
+    let sc = c.class(&[("subdir", TRAIN_DIR)]);
+    let claim = c.claim("duplicates");
+    let req = c.provisioner.create_request(&sc, &claim);
+    let creates: Vec<_> = (0..8)
+        .map(|_| {
+            let mut ctrl = c.driver.controller();
+            let req = req.clone();
+            tokio::spawn(async move { ctrl.create_volume(req).await })
+        })
+        .collect();
+    let mut volumes = Vec::new();
+    for t in creates {
+        match t.await.expect("join") {
+            Ok(r) => volumes.push(r.into_inner().volume),
+            Err(st) => assert_eq!(st.code(), Code::Aborted, "CreateVolume: {st:?}"),
+        }
+    }
+    assert!(
+        !volumes.is_empty(),
+        "every concurrent CreateVolume was aborted"
+    );
+    assert!(
+        volumes.windows(2).all(|w| w[0] == w[1]),
+        "concurrent CreateVolume calls answered different volumes: {volumes:?}"
+    );
+    let pv = c
+        .provisioner
+        .pv_from(&claim, &sc, volumes[0].clone().expect("a volume"));
+
+    let staging = c.kubelet.staging_path(&pv.volume_handle);
+    std::fs::create_dir_all(&staging).expect("staging dir");
+    let stages: Vec<_> = (0..8)
+        .map(|_| {
+            let mut node = c.driver.node();
+            let req = c.kubelet.stage_request(&pv);
+            tokio::spawn(async move { node.node_stage_volume(req).await })
+        })
+        .collect();
+    for t in stages {
+        if let Err(st) = t.await.expect("join") {
+            assert_eq!(st.code(), Code::Aborted, "NodeStage: {st:?}");
+        }
+    }
+    let mut node = c.driver.node();
+    ok(
+        "NodeStage after the duplicates",
+        c.kubelet.stage(&mut node, &pv).await,
+    );
+    assert_staged(&staging);
+    assert_eq!(
+        c.mount_daemons(&staging).len(),
+        1,
+        "one FUSE daemon per staged volume"
+    );
+
+    let pod_uid = "6f1c3a2e-000f-4000-8000-00000000000f";
+    let target = c.kubelet.target_path(pod_uid, &pv.name);
+    std::fs::create_dir_all(target.parent().expect("parent")).expect("target parent");
+    let publishes: Vec<_> = (0..8)
+        .map(|_| {
+            let mut node = c.driver.node();
+            let req = c.kubelet.publish_request(&pv, pod_uid, false);
+            tokio::spawn(async move { node.node_publish_volume(req).await })
+        })
+        .collect();
+    for t in publishes {
+        if let Err(st) = t.await.expect("join") {
+            assert_eq!(st.code(), Code::Aborted, "NodePublish: {st:?}");
+        }
+    }
+    ok(
+        "NodePublish after the duplicates",
+        c.kubelet.publish(&mut node, &pv, pod_uid).await,
+    );
+    assert_read_only_bind(&target, TRAIN);
+    assert_pod_reads(&c, &target, TRAIN);
+    ok(
+        "NodeUnpublish",
+        c.kubelet.unpublish(&mut node, &pv, pod_uid).await,
+    );
+    ok("NodeUnstage", c.kubelet.unstage(&mut node, &pv).await);
+    no_mounts_left(&c).await;
+}
