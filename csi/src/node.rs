@@ -313,7 +313,7 @@ impl NodeCore {
         id: &str,
         staging: &Path,
         secrets: Option<&Secrets>,
-    ) -> Result<StageRecord> {
+    ) -> Result<(StageRecord, Vec<MountEntry>)> {
         let rec = self
             .store
             .load(id)
@@ -337,8 +337,9 @@ impl NodeCore {
             };
             tracing::warn!(volume_id = id, staging = %staging.display(), "staged mount broken or gone: remounting");
             self.mount_stage(&rec, secrets).await?;
+            return Ok((rec, self.table().await?));
         }
-        Ok(rec)
+        Ok((rec, table))
     }
 
     fn stored_secrets(&self, id: &str) -> Result<Secrets> {
@@ -370,13 +371,12 @@ impl NodeCore {
             None
         };
         let _guard = self.locks.lock(id).await?;
-        let mut rec = self.staged(id, &staging, secrets.as_ref()).await?;
+        let (mut rec, table) = self.staged(id, &staging, secrets.as_ref()).await?;
         if rec.spec() != spec {
             return Err(CsiError::Conflict(format!(
                 "volume {id:?} was staged with other volume attributes than this publish carries"
             )));
         }
-        let table = self.table().await?;
         let current = mountinfo::top_at(&table, &target).cloned();
         if let Some(p) = rec.publishes.iter().find(|p| p.target == target) {
             if p.access != access || p.readonly != r.readonly {
