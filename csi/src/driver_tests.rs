@@ -1042,6 +1042,67 @@ async fn node_bad_input_is_refused_clearly() {
         Code::InvalidArgument,
         &["outside the kubelet directory"],
     );
+    // Required fields of teardown and stats, each missing in turn.
+    assert_fails(
+        n.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: String::new(),
+            target_path: h.kubelet.join("pods/p1/m").display().to_string(),
+        })
+        .await,
+        Code::InvalidArgument,
+        &["volume_id is required"],
+    );
+    assert_fails(
+        n.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: "v".into(),
+            target_path: String::new(),
+        })
+        .await,
+        Code::InvalidArgument,
+        &["target_path is required"],
+    );
+    assert_fails(
+        n.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: String::new(),
+            staging_target_path: h.staging("v").display().to_string(),
+        })
+        .await,
+        Code::InvalidArgument,
+        &["volume_id is required"],
+    );
+    assert_fails(
+        n.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: "v".into(),
+            staging_target_path: String::new(),
+        })
+        .await,
+        Code::InvalidArgument,
+        &["staging_target_path is required"],
+    );
+    assert_fails(
+        n.node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: "v".into(),
+            volume_path: String::new(),
+            staging_target_path: String::new(),
+        })
+        .await,
+        Code::InvalidArgument,
+        &["volume_path is required"],
+    );
+    let mut p = h.publish_req("pv", "team/a", "p1");
+    p.volume_capability = None;
+    assert_fails(
+        n.node_publish_volume(p).await,
+        Code::InvalidArgument,
+        &["volume_capability is required"],
+    );
+    let mut p = h.publish_req("pv", "team/a", "p1");
+    p.volume_id = String::new();
+    assert_fails(
+        n.node_publish_volume(p).await,
+        Code::InvalidArgument,
+        &["volume_id is required"],
+    );
     // Stats of something not here.
     assert_fails(
         n.node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
