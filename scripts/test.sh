@@ -24,6 +24,9 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+echo "== Helm chart, manifests and Dockerfile"
+./charts/tests/run.sh
+
 echo "== benchmark smoke run (tiny sizes; the real figures come from 'mirrorfs bench')"
 cargo run --quiet --release --locked -p mirrorfs -- bench meta --clients 1,4 --files-per-client 50 --etcd >/dev/null
 MIRRORFS_LOG=error cargo run --quiet --release --locked -p mirrorfs -- bench mirror --duration 1s \
@@ -31,4 +34,8 @@ MIRRORFS_LOG=error cargo run --quiet --release --locked -p mirrorfs -- bench mir
   --etcd --etcd-bootstrap-inodes 500 >/dev/null
 MIRRORFS_LOG=error cargo run --quiet --release --locked -p mirrorfs -- bench replicate \
   --small-blocks 40 --large-blocks 4 --workers 1,4 --latency-reads 10 >/dev/null
+MIRRORFS_LOG=error cargo run --quiet --release --locked -p mirrorfs -- bench fs --size-mb 8 \
+  --random-ops 50 --files 300 >/dev/null
+MIRRORFS_LOG=error cargo run --quiet --release --locked -p mirrorfs -- bench csi --inodes 2000 \
+  --callers 1,4 --create-calls 40 --publish-calls 8 >/dev/null
 echo "all tests passed"
