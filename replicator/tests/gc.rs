@@ -495,7 +495,10 @@ async fn a_bucket_outage_during_the_sweep_is_finished_by_the_next_run(backend: B
         faults.clear();
         let left = keys(&s.bucket).await;
         let remaining = leaked.iter().filter(|k| left.contains(*k)).count();
-        assert!(remaining > 0, "an outage after {budget} requests still deleted every block");
+        assert!(
+            remaining > 0,
+            "an outage after {budget} requests still deleted every block"
+        );
         if remaining < leaked.len() {
             cut = Some(remaining);
             break;
