@@ -333,6 +333,9 @@ impl Rig {
             })
             .await?;
             if shown && nb >= na {
+                progress(&format!(
+                    "mirror caught up: {rel} shown, {nb} blocks in its bucket for the source's {na}"
+                ));
                 return Ok(());
             }
             anyhow::ensure!(
