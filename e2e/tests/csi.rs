@@ -527,7 +527,10 @@ async fn missing_subdir_fails_fast_at_create_volume() {
             ],
             &[MIRROR_VOLUME, path, "coco", "revision", "lag", "source"],
         );
-        eprintln!("CreateVolume of missing {path:?} failed in {took:?}: {}", st.message());
+        eprintln!(
+            "CreateVolume of missing {path:?} failed in {took:?}: {}",
+            st.message()
+        );
         assert_says_source_lacks_it(st.message());
         assert!(
             took < Duration::from_secs(5),
