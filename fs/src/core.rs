@@ -111,6 +111,8 @@ const MAX_COMMIT_EXTENTS: usize = 1024;
 const READDIR_BATCH: usize = 512;
 /// Revisions of this client's own commits remembered (not echoed to the kernel).
 const OWN_REVISIONS: usize = 4096;
+/// How far a read may start from where the previous one ended and still count as sequential.
+const SEQUENTIAL_SLACK: u64 = 8 << 20;
 /// Extent-map fetches that raced an invalidation before one is used anyway.
 const MAP_ATTEMPTS: usize = 8;
 
@@ -1007,7 +1009,10 @@ impl FsCore {
         let end = want_end.min(file_size);
         let data = assemble(&self.block_cache, &self.blocks, &map, offset, end, &overlay).await?;
         let prev = h.next_read.swap(end, Ordering::Relaxed);
-        if prev == offset && self.config.readahead_blocks > 0 && end < map.size {
+        // The kernel sends a sequential reader's requests several at a time (asynchronous
+        // reads and its own readahead), so they may arrive a little out of order.
+        let sequential = offset.abs_diff(prev) <= SEQUENTIAL_SLACK;
+        if sequential && self.config.readahead_blocks > 0 && end < map.size {
             self.readahead(&map, end);
         }
         Ok(data)
