@@ -15,11 +15,18 @@ pub struct MountEntry {
     pub options: Vec<String>,
     pub fs_type: String,
     pub source: String,
+    /// Per-superblock options (`ro` when the file system itself is mounted read-only).
+    pub super_options: Vec<String>,
 }
 
 impl MountEntry {
+    /// Read-only at the mount level (what a bind remount with `MS_RDONLY` sets).
     pub fn read_only(&self) -> bool {
         self.options.iter().any(|o| o == "ro")
+    }
+    /// Read-only at the superblock.
+    pub fn super_read_only(&self) -> bool {
+        self.super_options.iter().any(|o| o == "ro")
     }
     pub fn is_fuse(&self) -> bool {
         self.fs_type == "fuse" || self.fs_type.starts_with("fuse.")
@@ -67,6 +74,10 @@ fn parse_line(line: &str) -> Option<MountEntry> {
     let mut r = right.split(' ');
     let fs_type = r.next()?.to_owned();
     let source = unescape(r.next().unwrap_or(""));
+    let super_options = r
+        .next()
+        .map(|o| o.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
     Some(MountEntry {
         id,
         parent,
@@ -75,6 +86,7 @@ fn parse_line(line: &str) -> Option<MountEntry> {
         options,
         fs_type,
         source,
+        super_options,
     })
 }
 
@@ -98,7 +110,7 @@ mod tests {
 41 22 0:50 /team/a /var/lib/kubelet/pods/p/volumes/kubernetes.io~csi/pv\\040one/mount ro,nosuid,nodev,relatime shared:20 - fuse.mirrorfs mirrorfs:data rw,user_id=0
 garbage line
 42 22 0:51 / /tmp/t rw - tmpfs tmpfs rw
-43 42 0:52 / /tmp/t rw - tmpfs tmpfs rw";
+43 42 0:52 / /tmp/t rw - tmpfs tmpfs ro,size=4k";
 
     #[test]
     fn parses_fields_escapes_and_options() {
@@ -113,6 +125,8 @@ garbage line
         assert!(b.read_only() && b.is_fuse() && b.has_option("nosuid"));
         assert_eq!(b.source, "mirrorfs:data");
         assert!(!t[0].read_only() && !t[0].is_fuse());
+        assert!(!b.super_read_only() && b.super_options.iter().any(|o| o == "user_id=0"));
+        assert!(t[4].super_read_only() && !t[4].read_only());
     }
 
     #[test]

@@ -70,9 +70,13 @@ fn assert_read_only_bind(target: &Path, root: &str) -> MountEntry {
         target.display()
     );
     let m = ms.into_iter().next().expect("one mount");
-    assert!(m.mount_ro(), "the target is not mounted ro: {m:#?}");
+    assert!(m.read_only(), "the target is not mounted ro: {m:#?}");
     assert!(m.is_fuse(), "the target is not a FUSE mount: {m:#?}");
-    assert_eq!(m.root, root, "the target binds the wrong directory: {m:#?}");
+    assert_eq!(
+        m.root,
+        std::path::Path::new(root),
+        "the target binds the wrong directory: {m:#?}"
+    );
     m
 }
 
@@ -88,7 +92,7 @@ fn assert_staged(staging: &Path) -> MountEntry {
     let m = ms.into_iter().next().expect("one mount");
     assert!(m.is_fuse(), "the staging mount is not FUSE: {m:#?}");
     assert!(
-        m.mount_ro() || m.super_ro(),
+        m.read_only() || m.super_read_only(),
         "the staging mount is writable: {m:#?}"
     );
     m

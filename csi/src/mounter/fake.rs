@@ -79,6 +79,7 @@ impl FakeMounter {
             options: vec!["rw".into()],
             fs_type: fs_type.into(),
             source: "elsewhere".into(),
+            super_options: vec!["rw".into()],
         };
         st.table.push(e);
         st.dirs.insert(p.to_owned());
@@ -153,6 +154,7 @@ impl Mounter for FakeMounter {
             options: vec!["ro".into(), "nosuid".into(), "nodev".into()],
             fs_type: "fuse.mirrorfs".into(),
             source: format!("mirrorfs:{}", m.volume),
+            super_options: vec!["rw".into()],
         };
         st.table.push(e);
         st.broken.remove(&m.mount_point);
@@ -233,6 +235,7 @@ impl Mounter for FakeMounter {
             options,
             fs_type: "fuse.mirrorfs".into(),
             source: format!("mirrorfs:{volume}"),
+            super_options: vec!["rw".into()],
         };
         st.table.push(e);
         Ok(())
