@@ -21,6 +21,8 @@ fn main() -> std::process::ExitCode {
     let cli = args::Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: mount processes and CI write logs to files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MIRRORFS_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
