@@ -26,6 +26,10 @@ pub struct MountArgs {
     /// The meta service holding the volume.
     #[arg(long, env = "MIRRORFS_META", default_value = "http://127.0.0.1:7400")]
     pub meta: String,
+    /// Serve /metrics (block reads: local hits, fallbacks, repairs) and /healthz here, e.g.
+    /// 127.0.0.1:9820.
+    #[arg(long, env = "MIRRORFS_MOUNT_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// File holding the volume's token. Default: the token itself in env MIRRORFS_TOKEN.
     #[arg(long, env = "MIRRORFS_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -174,8 +178,38 @@ pub async fn run(a: MountArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    let c = match serve_metrics(a.metrics_addr, c).await {
+        Ok(c) => c,
+        Err(e) => {
+            ready.report(Err(&format!("{e:#}")));
+            return Err(e);
+        }
+    };
     mount::run(c, ready).await?;
     Ok(())
+}
+
+/// With an address, registers the mount's counters and serves them until the process exits.
+async fn serve_metrics(
+    addr: Option<std::net::SocketAddr>,
+    mut c: MountConfig,
+) -> anyhow::Result<MountConfig> {
+    let Some(addr) = addr else { return Ok(c) };
+    let mut registry = prometheus_client::registry::Registry::default();
+    c.metrics = mirrorfs_objstore::ObjMetrics::register(&mut registry);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+    eprintln!(
+        "mirrorfs: metrics on http://{}/metrics",
+        listener.local_addr()?
+    );
+    tokio::spawn(mirrorfs_meta::http::serve(
+        listener,
+        std::sync::Arc::new(registry),
+        std::future::pending(),
+    ));
+    Ok(c)
 }
 
 #[derive(clap::Args, Clone, Debug)]

@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -283,6 +283,18 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A minimal HTTP/1.0 GET of `url` (`http://host:port/path`): the whole response.
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
 #[test]
 fn a_foreground_mount_unmounts_cleanly_on_sigterm() {
     let r = Regions::start(false);
@@ -299,6 +311,8 @@ fn a_foreground_mount_unmounts_cleanly_on_sigterm() {
             &r.source.url,
             "--token-file",
             token.to_str().unwrap(),
+            "--metrics-addr",
+            "127.0.0.1:0",
         ],
         &[],
     )
@@ -308,12 +322,33 @@ fn a_foreground_mount_unmounts_cleanly_on_sigterm() {
     let pid = child.id() as i32;
     let stderr = child.stderr.take().unwrap();
     g.children.push(child);
+    let (tx, rx) = std::sync::mpsc::channel();
     let lines = std::thread::spawn(move || {
         let mut out = String::new();
-        let _ = BufReader::new(stderr).read_to_string(&mut out);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            out.push_str(&line);
+            out.push('\n');
+        }
         out
     });
     eventually("the foreground mount", || mounted(&at));
+    // The mount's /metrics and /healthz, on the port it was given.
+    let metrics = loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the mount did not print its metrics address");
+        if let Some(url) = line.strip_prefix("mirrorfs: metrics on ") {
+            break url.to_owned();
+        }
+    };
+    let body = http_get(&metrics);
+    assert!(
+        body.contains("mirrorfs_objstore_local_hits_total")
+            && body.contains("mirrorfs_objstore_repairs_queued_total"),
+        "{body}"
+    );
+    assert!(http_get(&metrics.replace("/metrics", "/healthz")).contains("ok"));
     let data = pattern(5 << 20, 7);
     std::fs::write(at.join("f"), &data).unwrap();
     // SIGTERM: buffered writes are committed, the mount is removed, the process exits 0.

@@ -67,6 +67,8 @@ pub struct MountConfig {
     /// The kernel's readahead for this mount, in KiB (its default, 128, caps FUSE read
     /// requests at 128 KiB each); None leaves it.
     pub kernel_readahead_kb: Option<u32>,
+    /// Block-read counters (local hits, fallbacks, repairs); register them to export them.
+    pub metrics: ObjMetrics,
 }
 
 impl MountConfig {
@@ -86,6 +88,7 @@ impl MountConfig {
             allow_other: nix::unistd::geteuid().is_root(),
             threads: 4,
             kernel_readahead_kb: Some(DEFAULT_KERNEL_READAHEAD_KB),
+            metrics: ObjMetrics::default(),
         }
     }
 }
@@ -561,7 +564,7 @@ async fn open_volume(c: &MountConfig) -> Result<(Arc<FsCore>, Option<Workers>), 
             credentials,
             source_credentials,
             repair: repairs,
-            metrics: ObjMetrics::default(),
+            metrics: c.metrics.clone(),
         },
     )
     .map_err(err)?;
