@@ -179,6 +179,22 @@ async fn kill_mount_daemons(c: &Cluster, staging: &Path) -> Vec<i32> {
     pids
 }
 
+/// NodeUnpublish and NodeUnstage as the kubelet sends them when the pod goes, then nothing may
+/// stay mounted under the kubelet root.
+async fn tear_down(
+    c: &Cluster,
+    node: &mut mirrorfs_csi::csi::node_client::NodeClient<tonic::transport::Channel>,
+    pv: &PersistentVolume,
+    pod_uid: &str,
+) {
+    ok(
+        "NodeUnpublish",
+        c.kubelet.unpublish(node, pv, pod_uid).await,
+    );
+    ok("NodeUnstage", c.kubelet.unstage(node, pv).await);
+    no_mounts_left(c).await;
+}
+
 async fn no_mounts_left(c: &Cluster) {
     let root = c.kubelet.root.clone();
     let r = wait_for(
@@ -610,12 +626,7 @@ async fn missing_subdir_of_a_static_pv_fails_fast_at_node_publish() {
             .await
     );
     // kubelet cleans up after a final error.
-    ok(
-        "NodeUnpublish",
-        c.kubelet.unpublish(&mut node, &pv, pod_uid).await,
-    );
-    ok("NodeUnstage", c.kubelet.unstage(&mut node, &pv).await);
-    no_mounts_left(&c).await;
+    tear_down(&c, &mut node, &pv, pod_uid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1049,12 +1060,7 @@ async fn killed_fuse_process_is_repaired_by_the_next_stage_and_publish() {
     assert_pod_reads(&c, &target, TRAIN);
     assert_writes_fail_erofs(&target, "part-001.bin", "nested");
 
-    ok(
-        "NodeUnpublish",
-        c.kubelet.unpublish(&mut node, &pv, pod_uid).await,
-    );
-    ok("NodeUnstage", c.kubelet.unstage(&mut node, &pv).await);
-    no_mounts_left(&c).await;
+    tear_down(&c, &mut node, &pv, pod_uid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1083,12 +1089,7 @@ async fn killed_fuse_process_is_repaired_by_publish_alone() {
     );
     assert_read_only_bind(&target, TRAIN);
     assert_pod_reads(&c, &target, TRAIN);
-    ok(
-        "NodeUnpublish",
-        c.kubelet.unpublish(&mut node, &pv, pod_uid).await,
-    );
-    ok("NodeUnstage", c.kubelet.unstage(&mut node, &pv).await);
-    no_mounts_left(&c).await;
+    tear_down(&c, &mut node, &pv, pod_uid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1191,12 +1192,7 @@ async fn writer_access_modes_are_refused_unless_lenient_and_still_read_only() {
     );
     assert_read_only_bind(&target, TRAIN);
     assert_writes_fail_erofs(&target, "part-001.bin", "nested");
-    ok(
-        "NodeUnpublish",
-        c.kubelet.unpublish(&mut node, &pv, pod_uid).await,
-    );
-    ok("NodeUnstage", c.kubelet.unstage(&mut node, &pv).await);
-    no_mounts_left(&c).await;
+    tear_down(&c, &mut node, &pv, pod_uid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1335,10 +1331,5 @@ async fn duplicate_calls_in_flight_give_one_mount() {
     );
     assert_read_only_bind(&target, TRAIN);
     assert_pod_reads(&c, &target, TRAIN);
-    ok(
-        "NodeUnpublish",
-        c.kubelet.unpublish(&mut node, &pv, pod_uid).await,
-    );
-    ok("NodeUnstage", c.kubelet.unstage(&mut node, &pv).await);
-    no_mounts_left(&c).await;
+    tear_down(&c, &mut node, &pv, pod_uid).await;
 }
