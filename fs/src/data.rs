@@ -2,6 +2,10 @@
 //! bucket; a mirror volume is read through a [`RegionReader`]: the mirror region's bucket
 //! first, the source bucket as the verified fallback, and repairs queued with the mirror
 //! cluster ([`QueueRepairs`]). Every block returned has been checked against its checksum.
+//!
+//! With a [`DiskCache`] (`mirrorfs mount --cache-dir`), reads try it first; a block fetched
+//! from a bucket, and a block this client writes, is then cached on disk in the background
+//! (written blocks too: a file is often read back, also after a remount).
 
 use std::sync::Arc;
 
@@ -15,6 +19,7 @@ use mirrorfs_objstore::{
 };
 use mirrorfs_replicator::repair::QueueRepairs;
 
+use crate::disk_cache::DiskCache;
 use crate::error::FsError;
 
 /// How to reach a volume's buckets (see [`Blocks::for_volume`]).
@@ -28,6 +33,8 @@ pub struct BlockOptions {
     /// Where a mirror volume's reads send repairs (see [`queue_repairs`]). None: dropped.
     pub repair: Option<Arc<dyn RepairSink>>,
     pub metrics: ObjMetrics,
+    /// The local disk cache of blocks in front of the buckets. None: none.
+    pub disk_cache: Option<Arc<DiskCache>>,
 }
 
 #[derive(Clone)]
@@ -42,6 +49,7 @@ pub struct Blocks {
     volume_id: VolumeId,
     write: Option<Bucket>,
     read: Reader,
+    disk: Option<Arc<DiskCache>>,
 }
 
 impl Blocks {
@@ -51,6 +59,7 @@ impl Blocks {
             volume_id,
             write: Some(bucket.clone()),
             read: Reader::Bucket(bucket),
+            disk: None,
         }
     }
 
@@ -60,7 +69,18 @@ impl Blocks {
             volume_id,
             write: None,
             read: Reader::Region(reader),
+            disk: None,
         }
+    }
+
+    /// The same store with `disk` (if any) as the local disk cache in front of it.
+    pub fn with_disk_cache(mut self, disk: Option<Arc<DiskCache>>) -> Self {
+        self.disk = disk;
+        self
+    }
+
+    pub fn disk_cache(&self) -> Option<&Arc<DiskCache>> {
+        self.disk.as_ref()
     }
 
     /// The buckets `OpenVolume` names for the volume: a source volume writes to and reads
@@ -73,9 +93,12 @@ impl Blocks {
             let cfg = BucketConfig::from_storage(s, creds)?;
             Ok(Bucket::open(&cfg)?)
         };
+        let disk = opts.disk_cache;
         if !v.read_only {
             let storage = v.storage.clone().unwrap_or_default();
-            return Ok(Self::source(volume_id, open(&storage, opts.credentials)?));
+            return Ok(
+                Self::source(volume_id, open(&storage, opts.credentials)?).with_disk_cache(disk)
+            );
         }
         let storage = v.storage.clone().unwrap_or_default();
         let source_storage = v.source_storage.clone().unwrap_or_else(|| storage.clone());
@@ -90,7 +113,8 @@ impl Blocks {
         Ok(Self::mirror(
             volume_id,
             RegionReader::new(source, local, repair, opts.metrics),
-        ))
+        )
+        .with_disk_cache(disk))
     }
 
     pub fn volume_id(&self) -> VolumeId {
@@ -101,12 +125,22 @@ impl Blocks {
         self.write.is_some()
     }
 
-    /// A whole block, verified against `b`'s size and checksum.
+    /// A whole block, verified against `b`'s size and checksum: from the disk cache, else
+    /// from the buckets (and then cached on disk in the background).
     pub async fn get(&self, b: &BlockInfo) -> Result<Bytes, FsError> {
-        match &self.read {
-            Reader::Bucket(bucket) => Ok(bucket.get_block(b).await?),
-            Reader::Region(r) => Ok(r.read(b).await?.0),
+        if let Some(disk) = &self.disk
+            && let Some(data) = disk.get(b).await
+        {
+            return Ok(data);
         }
+        let data = match &self.read {
+            Reader::Bucket(bucket) => bucket.get_block(b).await?,
+            Reader::Region(r) => r.read(b).await?.0,
+        };
+        if let Some(disk) = &self.disk {
+            disk.put(b, data.clone());
+        }
+        Ok(data)
     }
 
     /// Stores `data` as a new block.
@@ -118,8 +152,12 @@ impl Blocks {
         };
         let id = new_block_id(self.volume_id);
         let size = data.len() as u64;
-        let checksum = bucket.put_block(&id, data).await?;
-        Ok(BlockInfo { id, size, checksum })
+        let checksum = bucket.put_block(&id, data.clone()).await?;
+        let info = BlockInfo { id, size, checksum };
+        if let Some(disk) = &self.disk {
+            disk.put(&info, data);
+        }
+        Ok(info)
     }
 }
 

@@ -3,7 +3,8 @@
 //! - [`core`]: [`FsCore`], every file-system operation, caches and handles;
 //! - [`meta`]: the meta service as the core sees it ([`meta::MetaClient`], [`meta::GrpcMeta`]);
 //! - [`data`]: the volume's blocks (source bucket, or mirror region reads with fallback);
-//! - [`cache`]: block, attribute and entry caches;
+//! - [`cache`]: block, attribute and entry caches; [`disk_cache`]: the optional local disk
+//!   cache of blocks;
 //! - [`write`]: write buffering into blocks; [`read`]: extent maps, block assembly, readahead;
 //! - [`watch`]: the follower of the volume's change stream that keeps the caches coherent;
 //! - [`replication`]: the replication workers a mirror mount runs;
@@ -13,6 +14,7 @@
 pub mod cache;
 pub mod core;
 pub mod data;
+pub mod disk_cache;
 pub mod error;
 pub mod fuse;
 pub mod handles;
@@ -25,6 +27,7 @@ pub mod write;
 
 pub use crate::core::{FsConfig, FsCore, Invalidator, SetAttr, StatFs};
 pub use crate::data::{BlockOptions, Blocks};
+pub use crate::disk_cache::{DiskCache, DiskCacheError, DiskCacheMetrics};
 pub use crate::error::FsError;
 pub use crate::handles::DirEntry;
 pub use crate::meta::{GrpcMeta, MetaClient};

@@ -3,7 +3,9 @@
 //! does not answer within the connect timeout), opening the volume (its buckets, and for a
 //! mirror volume the region-aware reader with repairs and the replication workers), the kernel
 //! mount with its options, and the end of it: unmounted from outside, or on SIGTERM/SIGINT
-//! (buffered writes are flushed, workers finish their copies in flight).
+//! (buffered writes are flushed, workers finish their copies in flight). With a cache directory
+//! the local disk cache of blocks is opened first ([`DiskCache`]: a directory that is a file,
+//! cannot be written, or is used by another mount fails the mount, saying so).
 //!
 //! Kernel mount options: `fsname=mirrorfs:<volume>`, `subtype=mirrorfs`, `default_permissions`
 //! (the kernel checks mode bits), `allow_other` when root (pods and other users read a CSI
@@ -28,6 +30,7 @@ use tokio::sync::oneshot;
 pub use self::background::Readiness;
 use crate::core::{FsConfig, FsCore};
 use crate::data::{BlockOptions, Blocks, queue_repairs};
+use crate::disk_cache::{DiskCache, DiskCacheError, DiskCacheMetrics};
 use crate::error::FsError;
 use crate::fuse::{FuseFs, KernelInvalidator};
 use crate::meta::{GrpcMeta, MetaClient};
@@ -69,6 +72,12 @@ pub struct MountConfig {
     pub kernel_readahead_kb: Option<u32>,
     /// Block-read counters (local hits, fallbacks, repairs); register them to export them.
     pub metrics: ObjMetrics,
+    /// The local disk cache of blocks (one directory per mount). None: no disk cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Its size limit in bytes.
+    pub cache_size: u64,
+    /// Its counters; register them to export them.
+    pub disk_cache_metrics: DiskCacheMetrics,
 }
 
 impl MountConfig {
@@ -89,9 +98,19 @@ impl MountConfig {
             threads: 4,
             kernel_readahead_kb: Some(DEFAULT_KERNEL_READAHEAD_KB),
             metrics: ObjMetrics::default(),
+            cache_dir: None,
+            cache_size: DEFAULT_CACHE_SIZE,
+            disk_cache_metrics: DiskCacheMetrics::default(),
         }
     }
 }
+
+/// The disk cache's size limit when a cache directory is given without one: 10 GiB.
+pub const DEFAULT_CACHE_SIZE: u64 = 10 << 30;
+
+/// How long a mount waits for the cache directory's lock: a previous mount of the same
+/// directory may still be exiting.
+const CACHE_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// The kernel readahead set on mounts by default: 16 MiB, so a sequential reader's requests
 /// arrive large and several at a time.
@@ -134,6 +153,8 @@ pub enum MountError {
     },
     #[error("cannot unmount {path}: {reason}")]
     Unmount { path: PathBuf, reason: String },
+    #[error("{0}")]
+    DiskCache(#[from] DiskCacheError),
     #[error("{0}")]
     Background(String),
 }
@@ -440,8 +461,9 @@ impl Mount {
     pub async fn open(config: MountConfig) -> Result<Mount, MountError> {
         let path = check_mountpoint(&config.mountpoint)?;
         check_fuse_device()?;
+        let disk = open_disk_cache(&config).await?;
         let timeout = config.connect_timeout;
-        let opened = tokio::time::timeout(timeout, open_volume(&config))
+        let opened = tokio::time::timeout(timeout, open_volume(&config, disk))
             .await
             .map_err(|_| MountError::MetaTimeout {
                 volume: config.volume.clone(),
@@ -530,9 +552,30 @@ fn set_kernel_readahead(path: &Path, kb: u32) {
     }
 }
 
-/// OpenVolume, the volume's buckets, the core, and for a mirror volume with its own bucket
-/// the replication workers.
-async fn open_volume(c: &MountConfig) -> Result<(Arc<FsCore>, Option<Workers>), MountError> {
+/// The disk cache of `c.cache_dir`, if any (blocking work on the blocking pool).
+async fn open_disk_cache(c: &MountConfig) -> Result<Option<Arc<DiskCache>>, MountError> {
+    let Some(dir) = c.cache_dir.clone() else {
+        return Ok(None);
+    };
+    let (limit, metrics) = (c.cache_size, c.disk_cache_metrics.clone());
+    let d = dir.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        DiskCache::open_waiting(&d, limit, metrics, CACHE_LOCK_WAIT)
+    })
+    .await
+    .map_err(|e| DiskCacheError::Unusable {
+        dir,
+        reason: e.to_string(),
+    })??;
+    Ok(Some(Arc::new(opened)))
+}
+
+/// OpenVolume, the volume's buckets (behind the disk cache `disk`), the core, and for a mirror
+/// volume with its own bucket the replication workers.
+async fn open_volume(
+    c: &MountConfig,
+    disk: Option<Arc<DiskCache>>,
+) -> Result<(Arc<FsCore>, Option<Workers>), MountError> {
     let err = |error: FsError| MountError::Volume {
         volume: c.volume.clone(),
         url: c.meta_url.clone(),
@@ -565,6 +608,7 @@ async fn open_volume(c: &MountConfig) -> Result<(Arc<FsCore>, Option<Workers>), 
             source_credentials,
             repair: repairs,
             metrics: c.metrics.clone(),
+            disk_cache: disk,
         },
     )
     .map_err(err)?;
