@@ -26,8 +26,8 @@ pub struct MountArgs {
     /// The meta service holding the volume.
     #[arg(long, env = "MIRRORFS_META", default_value = "http://127.0.0.1:7400")]
     pub meta: String,
-    /// Serve /metrics (block reads: local hits, fallbacks, repairs) and /healthz here, e.g.
-    /// 127.0.0.1:9820.
+    /// Serve /metrics (block reads: local hits, fallbacks, repairs; the disk cache) and
+    /// /healthz here, e.g. 127.0.0.1:9820.
     #[arg(long, env = "MIRRORFS_MOUNT_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// File holding the volume's token. Default: the token itself in env MIRRORFS_TOKEN.
@@ -54,6 +54,14 @@ pub struct MountArgs {
     /// In-memory block cache, in MiB.
     #[arg(long, env = "MIRRORFS_CACHE_MB", default_value_t = 256)]
     pub cache_mb: u64,
+    /// Local disk cache of blocks (verified, kept across remounts): a directory of its own
+    /// (created if missing) that no other mount uses. Default: no disk cache.
+    #[arg(long, env = "MIRRORFS_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Size limit of the disk cache: bytes, or with a suffix (512MiB, 10GiB, 1G; K/M/G/T and
+    /// KiB/MiB/GiB/TiB are powers of 1024, KB/MB/GB/TB of 1000). Default 10GiB.
+    #[arg(long, env = "MIRRORFS_CACHE_SIZE", requires = "cache_dir", value_parser = parse_size)]
+    pub cache_size: Option<u64>,
     /// Blocks (4 MiB) fetched ahead of a sequential reader.
     #[arg(long, env = "MIRRORFS_READAHEAD_BLOCKS", default_value_t = 8)]
     pub readahead_blocks: usize,
@@ -103,6 +111,40 @@ pub fn credentials(file: Option<&Path>, env_prefix: &str) -> anyhow::Result<Opti
     })
 }
 
+/// Smallest disk cache size accepted: a few 4 MiB blocks.
+const MIN_CACHE_SIZE: u64 = 16 << 20;
+
+/// A size in bytes: a number with an optional unit (B; K, M, G, T and KiB…TiB in powers of
+/// 1024; KB, MB, GB, TB in powers of 1000), case-insensitive, e.g. `512MiB`, `10GiB`, `1G`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = (t[..split].trim(), t[split..].trim());
+    let bad = || {
+        format!("{s:?} is not a size: use bytes or a number with a unit, e.g. 512MiB, 10GiB, 1G")
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    let bytes = n * mult as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
 fn config(a: &MountArgs) -> anyhow::Result<MountConfig> {
     anyhow::ensure!(
         a.threads >= 1 && a.threads <= 64,
@@ -117,6 +159,14 @@ fn config(a: &MountArgs) -> anyhow::Result<MountConfig> {
     c.replication_workers = a.replication_workers.max(1);
     c.threads = a.threads;
     c.kernel_readahead_kb = (a.kernel_readahead_kb > 0).then_some(a.kernel_readahead_kb);
+    c.cache_dir = a.cache_dir.clone();
+    if let Some(size) = a.cache_size {
+        anyhow::ensure!(
+            size >= MIN_CACHE_SIZE,
+            "--cache-size must be at least 16MiB (a few 4 MiB blocks)"
+        );
+        c.cache_size = size;
+    }
     c.fs = FsConfig {
         attr_ttl: a.attr_ttl,
         cache_bytes: a.cache_mb << 20,
@@ -189,7 +239,8 @@ pub async fn run(a: MountArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// With an address, registers the mount's counters and serves them until the process exits.
+/// With an address, registers the mount's counters (block reads, disk cache) and serves them
+/// until the process exits.
 async fn serve_metrics(
     addr: Option<std::net::SocketAddr>,
     mut c: MountConfig,
@@ -197,6 +248,7 @@ async fn serve_metrics(
     let Some(addr) = addr else { return Ok(c) };
     let mut registry = prometheus_client::registry::Registry::default();
     c.metrics = mirrorfs_objstore::ObjMetrics::register(&mut registry);
+    c.disk_cache_metrics = mirrorfs_fs::DiskCacheMetrics::register(&mut registry);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
@@ -238,4 +290,26 @@ pub async fn umount(a: UmountArgs) -> anyhow::Result<()> {
     mount::unmount(&path, a.lazy)?;
     eprintln!("mirrorfs: unmounted {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("2 TiB"), Ok(2 << 40));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("5GB"), Ok(5_000_000_000));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        for bad in ["", "GiB", "10 parsecs", "-1G", "1..2M", "1e9"] {
+            let e = parse_size(bad).expect_err(bad);
+            assert!(e.contains("not a size"), "{e}");
+        }
+    }
 }

@@ -700,3 +700,138 @@ fn a_source_write_appears_in_a_mirror_mount_which_refuses_writes() {
     });
     umount(&src);
 }
+
+/// The regular files under `dir` (recursively), without dot files (the cache's lock).
+fn block_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.map(Result::unwrap) {
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else if !e.file_name().to_string_lossy().starts_with('.') {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_cache_dir_fills_with_verified_blocks_and_bad_ones_are_refused() {
+    let r = Regions::start(false);
+    let token = r.volume("data");
+    let at = r.mountpoint("cached");
+    let cache = r.p("cache");
+    let mut g = Guard::default();
+    // Written through a mount without a disk cache.
+    mount_background(&mut g, "data", &at, &r.source.url, &token, &[]);
+    let data = pattern((9 << 20) + 3, 5);
+    std::fs::write(at.join("f"), &data).unwrap();
+    umount(&at);
+    let in_bucket = block_files(&r.p("bucket-a")).len();
+    assert!(in_bucket >= 3, "the file's blocks: {in_bucket}");
+    assert!(block_files(&cache).is_empty());
+    // Read through a mount with a disk cache: the directory fills with the blocks, each named
+    // by the BLAKE3 checksum of its content.
+    let cache_arg = cache.to_str().unwrap();
+    let pid = mount_background(
+        &mut g,
+        "data",
+        &at,
+        &r.source.url,
+        &token,
+        &["--cache-dir", cache_arg, "--cache-size", "64MiB"],
+    );
+    assert!(std::fs::read(at.join("f")).unwrap() == data);
+    eventually("every block in the cache directory", || {
+        block_files(&cache).len() == in_bucket
+    });
+    let mut total = 0;
+    for f in block_files(&cache) {
+        let bytes = std::fs::read(&f).unwrap();
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(mirrorfs_objstore::checksum(&bytes).to_string(), name);
+        assert_eq!(f.parent().unwrap().file_name().unwrap(), &name[..2]);
+        total += bytes.len();
+    }
+    assert_eq!(total, data.len());
+    let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "the cache directory is private");
+    // A second mount of the same directory is refused while the first holds it.
+    let other = r.mountpoint("other");
+    g.paths.push(other.clone());
+    let o = run(
+        &[
+            "mount",
+            "data",
+            other.to_str().unwrap(),
+            "--meta",
+            &r.source.url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--cache-dir",
+            cache_arg,
+        ],
+        &[],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("in use by another mirrorfs mount")
+            && text(&o).contains("give each mount its own --cache-dir"),
+        "{}",
+        text(&o)
+    );
+    assert!(!mounted(&other));
+    umount(&at);
+    eventually("the daemon to exit after umount", || !alive(pid));
+    // A regular file as --cache-dir fails the mount, naming it; so does a bad size.
+    let plain = r.p("plain");
+    std::fs::write(&plain, b"x").unwrap();
+    for bg in [&[][..], &["--background"][..]] {
+        let mut args = vec![
+            "mount",
+            "data",
+            at.to_str().unwrap(),
+            "--meta",
+            &r.source.url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--cache-dir",
+            plain.to_str().unwrap(),
+        ];
+        args.extend_from_slice(bg);
+        let o = run(&args, &[]);
+        assert!(!o.status.success(), "{}", text(&o));
+        let msg = text(&o);
+        assert!(
+            msg.contains(&format!(
+                "block cache directory {} is not a directory",
+                plain.display()
+            )),
+            "{msg}"
+        );
+        assert!(!mounted(&at));
+    }
+    let o = run(
+        &[
+            "mount",
+            "data",
+            at.to_str().unwrap(),
+            "--meta",
+            &r.source.url,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--cache-dir",
+            cache_arg,
+            "--cache-size",
+            "ten gigs",
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not a size"), "{}", text(&o));
+}
