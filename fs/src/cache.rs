@@ -167,6 +167,10 @@ pub struct MetaCache {
 #[derive(Clone, Copy, Debug)]
 pub struct Ticket(u64, usize);
 
+/// The generation of every shard, taken before a request whose reply names keys not known in
+/// advance (the entries of a listing, the inode a lookup finds).
+pub struct Tickets(Box<[u64]>);
+
 impl Default for MetaCache {
     fn default() -> Self {
         Self {
@@ -202,6 +206,27 @@ impl MetaCache {
 
     pub fn entry_ticket(&self, parent: u64, name: &[u8]) -> Ticket {
         self.ticket_of(self.shard(("e", parent, name)))
+    }
+
+    pub fn tickets(&self) -> Tickets {
+        Tickets(
+            self.gens
+                .iter()
+                .map(|g| g.load(Ordering::Acquire))
+                .collect(),
+        )
+    }
+
+    /// The ticket of `ino`'s attributes as of `ts`.
+    pub fn attr_ticket_in(&self, ts: &Tickets, ino: u64) -> Ticket {
+        let shard = self.shard(("i", ino));
+        Ticket(ts.0[shard], shard)
+    }
+
+    /// The ticket of the entry `(parent, name)` as of `ts`.
+    pub fn entry_ticket_in(&self, ts: &Tickets, parent: u64, name: &[u8]) -> Ticket {
+        let shard = self.shard(("e", parent, name));
+        Ticket(ts.0[shard], shard)
     }
 
     pub fn attr(&self, ino: u64) -> Option<Attr> {
@@ -324,5 +349,34 @@ mod tests {
         let t = c.attr_ticket(5);
         c.fill_attr(t, &attr);
         assert!(c.attr(5).is_some());
+    }
+
+    #[test]
+    fn tickets_taken_before_a_listing_drop_fills_of_keys_invalidated_since() {
+        let c = MetaCache::default();
+        let attr = |ino| Attr {
+            ino,
+            ..Default::default()
+        };
+        let ts = c.tickets();
+        c.invalidate_attr(7);
+        c.invalidate_entry(1, b"seven");
+        for ino in [7, 8] {
+            c.fill_attr(c.attr_ticket_in(&ts, ino), &attr(ino));
+        }
+        c.fill_entry(c.entry_ticket_in(&ts, 1, b"seven"), 1, b"seven", 7);
+        c.fill_entry(c.entry_ticket_in(&ts, 1, b"eight"), 1, b"eight", 8);
+        assert!(
+            c.attr(7).is_none(),
+            "invalidated after the tickets: not cached"
+        );
+        assert_eq!(c.entry(1, b"seven"), None);
+        // Unless they share a shard with the invalidated keys, the others are cached.
+        if c.shard(("i", 8u64)) != c.shard(("i", 7u64)) {
+            assert!(c.attr(8).is_some());
+        }
+        if c.shard(("e", 1u64, b"eight".as_slice())) != c.shard(("e", 1u64, b"seven".as_slice())) {
+            assert_eq!(c.entry(1, b"eight"), Some(8));
+        }
     }
 }

@@ -320,7 +320,7 @@ impl FsCore {
         {
             return Ok(self.with_dirty(attr));
         }
-        let te = self.cache.entry_ticket(parent, name);
+        let tickets = self.cache.tickets();
         let r = self
             .meta
             .lookup(LookupRequest {
@@ -330,7 +330,8 @@ impl FsCore {
             })
             .await?;
         let attr = attr_of(r, "lookup")?;
-        let ta = self.cache.attr_ticket(attr.ino);
+        let te = self.cache.entry_ticket_in(&tickets, parent, name);
+        let ta = self.cache.attr_ticket_in(&tickets, attr.ino);
         self.cache.fill_entry(te, parent, name, attr.ino);
         self.cache.fill_attr(ta, &attr);
         self.learn_parent(&attr, parent);
@@ -473,6 +474,18 @@ impl FsCore {
     /// Entries from `offset` (0, or the `offset` of the last entry received), "." and ".."
     /// first. Offsets stay valid while the handle is open; offset 0 lists afresh.
     pub async fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
+        self.list(ino, fh, offset, false).await
+    }
+
+    /// [`Self::readdir`]; with `plus`, pages are fetched with their entries' attributes, which
+    /// fill the attribute and entry caches (one round trip per page instead of one per entry).
+    async fn list(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+    ) -> Result<Vec<DirEntry>, FsError> {
         let dh = lock(&self.dirs)
             .get(&fh)
             .cloned()
@@ -507,6 +520,7 @@ impl FsCore {
         }
         let want = offset as usize + READDIR_BATCH;
         while l.entries.len() < want && l.more {
+            let tickets = self.cache.tickets();
             let page = self
                 .meta
                 .readdir(ReadDirRequest {
@@ -514,12 +528,19 @@ impl FsCore {
                     ino,
                     after: l.after.clone(),
                     limit: 0,
+                    plus,
                 })
                 .await?;
             for e in page.entries {
                 let n = l.entries.len() as u64;
                 if e.kind == FileKind::Directory as i32 {
                     lock(&self.parents).insert(e.ino, ino);
+                }
+                if let Some(attr) = &e.attr {
+                    let te = self.cache.entry_ticket_in(&tickets, ino, &e.name);
+                    self.cache.fill_entry(te, ino, &e.name, e.ino);
+                    let ta = self.cache.attr_ticket_in(&tickets, e.ino);
+                    self.cache.fill_attr(ta, attr);
                 }
                 l.after.clone_from(&e.name);
                 l.entries.push(DirEntry {
@@ -536,18 +557,19 @@ impl FsCore {
         Ok(l.entries[from..to].to_vec())
     }
 
-    /// `readdir` with each entry's attributes (fetched in parallel where not cached).
+    /// `readdir` with each entry's attributes: those the listing brought (cached by it), the
+    /// rest fetched in parallel.
     pub async fn readdirplus(
         &self,
         ino: u64,
         fh: u64,
         offset: u64,
     ) -> Result<Vec<(DirEntry, Attr)>, FsError> {
-        let entries = self.readdir(ino, fh, offset).await?;
-        let attrs = futures::stream::iter(entries.iter().map(|e| self.getattr(e.ino)))
-            .buffered(64)
-            .collect::<Vec<_>>()
-            .await;
+        let entries = self.list(ino, fh, offset, true).await?;
+        // Collected before polling: a lazy iterator held across the await would keep this
+        // future from being provably `Send`, which the FUSE adapter's spawning needs.
+        let fetches: Vec<_> = entries.iter().map(|e| self.getattr(e.ino)).collect();
+        let attrs: Vec<_> = futures::stream::iter(fetches).buffered(64).collect().await;
         let mut out = Vec::with_capacity(entries.len());
         for (e, a) in entries.into_iter().zip(attrs) {
             match a {

@@ -583,7 +583,7 @@ impl Filesystem for FuseFs {
     ) {
         let ino = self.ino(ino);
         self.spawn(move |core, k| async move {
-            match readdirplus(&core, ino, fh.0, offset).await {
+            match core.readdirplus(ino, fh.0, offset).await {
                 Ok(entries) => {
                     for (e, a) in entries {
                         let full = reply.add(
@@ -753,31 +753,6 @@ impl Filesystem for FuseFs {
         // No server-side copy: ENOSYS makes the kernel copy through read and write.
         reply.error(Errno::ENOSYS);
     }
-}
-
-/// [`FsCore::readdirplus`], with the attribute fetches collected before they are polled: the
-/// core's version holds an iterator closure across an await, and the compiler cannot prove such
-/// a future `Send` for all lifetimes, which spawning needs.
-async fn readdirplus(
-    core: &FsCore,
-    ino: u64,
-    fh: u64,
-    offset: u64,
-) -> Result<Vec<(crate::DirEntry, Attr)>, FsError> {
-    use futures::StreamExt;
-    let entries = core.readdir(ino, fh, offset).await?;
-    let fetches: Vec<_> = entries.iter().map(|e| core.getattr(e.ino)).collect();
-    let attrs: Vec<_> = futures::stream::iter(fetches).buffered(64).collect().await;
-    let mut out = Vec::with_capacity(entries.len());
-    for (e, a) in entries.into_iter().zip(attrs) {
-        match a {
-            Ok(a) => out.push((e, a)),
-            // Removed since the listing: skipped, as a fresh listing would.
-            Err(FsError::NotFound(_)) => continue,
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(out)
 }
 
 /// The core's [`Invalidator`] over fuser's [`Notifier`]: requests are queued and sent by a

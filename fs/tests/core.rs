@@ -479,3 +479,81 @@ async fn directories_list_with_stable_offsets_and_names_resolve() {
     let st = core.statfs().await.unwrap();
     assert!(st.files - st.ffree >= n as u64);
 }
+
+/// Every `readdirplus` of a directory, through to the end.
+async fn list_plus(
+    core: &FsCore,
+    dir: u64,
+) -> Vec<(mirrorfs_fs::DirEntry, mirrorfs_api::meta::Attr)> {
+    let fh = core.opendir(dir).await.unwrap();
+    let (mut all, mut offset) = (Vec::new(), 0);
+    loop {
+        let page = core.readdirplus(dir, fh, offset).await.unwrap();
+        let Some(last) = page.last() else { break };
+        offset = last.0.offset;
+        all.extend(page);
+    }
+    core.releasedir(fh).await;
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readdirplus_takes_attributes_from_the_listing_and_stays_coherent() {
+    let env = Env::source().await;
+    let token = env.volume("v").await;
+    let writer = env.source_core("v", &token).await;
+    let d = writer
+        .mkdir(writer.root(), b"d", 0o755, 0, 0)
+        .await
+        .unwrap();
+    let n = 1500;
+    for i in 0..n {
+        let data = vec![b'x'; i % 7];
+        write_file(&writer, d.ino, &format!("f{i:05}"), &data, 4096).await;
+    }
+
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let log = calls.clone();
+    let counting = Arc::new(Hooked::new(
+        Arc::new(env.meta(&env.source.url, "v", &token).await),
+        Arc::new(move |op| {
+            log.lock().unwrap().push(op);
+            Ok(())
+        }),
+    ));
+    let reader = env.core_over(counting, FsConfig::default()).await;
+    let dir = reader.lookup(reader.root(), b"d").await.unwrap();
+    reader.getattr(reader.root()).await.unwrap(); // "..", as the kernel would have it
+    calls.lock().unwrap().clear();
+    let listed = list_plus(&reader, dir.ino).await;
+    let ops = std::mem::take(&mut *calls.lock().unwrap());
+    assert_eq!(listed.len(), n + 2, "every entry, with . and ..");
+    for (e, a) in &listed[2..] {
+        let i: usize = std::str::from_utf8(&e.name).unwrap()[1..].parse().unwrap();
+        assert_eq!((a.ino, a.size, a.mode), (e.ino, (i % 7) as u64, 0o644));
+    }
+    // One ReadDir per page of 1000 and nothing per entry.
+    let count = |op| ops.iter().filter(|o| **o == op).count();
+    assert_eq!(count("readdir"), 2, "{ops:?}");
+    assert_eq!(count("getattr") + count("lookup"), 0, "{ops:?}");
+    // The attributes are cached: a stat of a listed file costs nothing.
+    let f7 = reader.lookup(dir.ino, b"f00007").await.unwrap();
+    assert_eq!(f7.size, 0);
+    assert!(calls.lock().unwrap().is_empty());
+
+    // A change by another client reaches the next listing through the volume watch.
+    let w7 = writer.lookup(d.ino, b"f00007").await.unwrap();
+    let set = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    let changed = writer.setattr(w7.ino, set, None).await.unwrap();
+    assert!(
+        reader
+            .wait_watched(changed.revision, Duration::from_secs(10))
+            .await
+    );
+    let again = list_plus(&reader, dir.ino).await;
+    let (_, a7) = again.iter().find(|(e, _)| e.name == b"f00007").unwrap();
+    assert_eq!(a7.mode, 0o600);
+}

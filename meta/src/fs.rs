@@ -52,6 +52,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use futures::StreamExt;
+
 use mirrorfs_api::meta::{Attr, Entry, Extent, FileKind, StorageConfig, Timestamp, VolumeInfo};
 use mirrorfs_api::records::{self, ClusterInfo, Counter, Inode, VolumeName};
 use mirrorfs_api::{Ino, Revision, VolumeId};
@@ -145,6 +147,8 @@ pub struct NewVolume {
 pub const READDIR_DEFAULT: usize = 1000;
 /// Most entries of a `readdir` page.
 pub const READDIR_MAX: usize = 10_000;
+/// Inode reads in flight for one `readdir_plus` page (each is a round trip on etcd).
+const ATTR_READS_IN_FLIGHT: usize = 64;
 /// Deepest directory chain walked when checking a rename for cycles.
 const MAX_DEPTH: usize = 1 << 16;
 /// Extents read per engine call.
@@ -864,10 +868,43 @@ impl FsMeta {
                     name: keys::dentry_name(&kv.key).to_vec(),
                     ino: d.ino,
                     kind: d.kind,
+                    attr: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(DirPage { entries, more })
+    }
+
+    /// [`Self::readdir`] with each entry's attributes, read after the listing (concurrently).
+    /// An entry whose inode went away in between keeps `attr: None`.
+    pub async fn readdir_plus(
+        &self,
+        vol: &Volume,
+        ino: Ino,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<DirPage> {
+        let mut page = self.readdir(vol, ino, after, limit).await?;
+        // Collected before polling: a lazy iterator held across the await would keep the
+        // future from being provably `Send`, which the gRPC service needs.
+        let reads: Vec<_> = page
+            .entries
+            .iter()
+            .map(|e| {
+                let (engine, key) = (self.engine.clone(), keys::inode(vol.id, Ino(e.ino)));
+                async move { engine.get(&key).await }
+            })
+            .collect();
+        let kvs: Vec<_> = futures::stream::iter(reads)
+            .buffered(ATTR_READS_IN_FLIGHT)
+            .collect()
+            .await;
+        for (e, kv) in page.entries.iter_mut().zip(kvs) {
+            if let Some(kv) = kv? {
+                e.attr = Some(attr(Ino(e.ino), &decode_inode(&kv)?, kv.mod_revision));
+            }
+        }
+        Ok(page)
     }
 
     pub async fn mkdir(

@@ -13,7 +13,7 @@ use mirrorfs_api::records;
 use mirrorfs_api::{FsErrorKind, Ino, VolumeId};
 use mirrorfs_meta::engine::memory::MemoryEngine;
 use mirrorfs_meta::engine::{Engine, KeyValue, Txn, TxnOutcome};
-use mirrorfs_meta::fs::{FsMeta, NewVolume, Owner, Resolved, SetAttr, Volume, keys};
+use mirrorfs_meta::fs::{DirPage, FsMeta, NewVolume, Owner, Resolved, SetAttr, Volume, keys};
 use mirrorfs_meta::{MetaError, Result};
 use prost::Message;
 
@@ -1335,6 +1335,59 @@ async fn readdir_pages_in_name_order() {
             .entries
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn readdir_plus_returns_each_entrys_current_attributes() {
+    let f = fx().await;
+    let (fs, v, r) = (&f.fs, &f.vol, Ino::ROOT);
+    let d = fs.mkdir(v, r, b"d", DIR).await.unwrap();
+    let a = fs.create(v, ino(&d), b"a", FILE, true).await.unwrap();
+    fs.mkdir(v, ino(&d), b"sub", DIR).await.unwrap();
+    fs.symlink(v, ino(&d), b"s", b"a", FILE).await.unwrap();
+    fs.link(v, ino(&a), ino(&d), b"b").await.unwrap();
+    let set = SetAttr {
+        mode: Some(0o600),
+        size: Some(12_345),
+        ..Default::default()
+    };
+    fs.setattr(v, ino(&a), set).await.unwrap();
+
+    let plain = fs.readdir(v, ino(&d), b"", 0).await.unwrap();
+    assert!(plain.entries.iter().all(|e| e.attr.is_none()));
+    let plus = fs.readdir_plus(v, ino(&d), b"", 0).await.unwrap();
+    let names = |p: &DirPage| p.entries.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&plus), names(&plain));
+    assert_eq!(plus.entries.len(), 4);
+    for e in &plus.entries {
+        let got = e.attr.expect("attributes of a live entry");
+        assert_eq!(
+            got,
+            fs.getattr(v, Ino(e.ino)).await.unwrap(),
+            "{:?}",
+            e.name
+        );
+    }
+    let b = plus
+        .entries
+        .iter()
+        .find(|e| e.name == b"b")
+        .unwrap()
+        .attr
+        .unwrap();
+    assert_eq!((b.size, b.mode, b.nlink), (12_345, 0o600, 2));
+
+    // Pages, as readdir's.
+    let first = fs.readdir_plus(v, ino(&d), b"", 2).await.unwrap();
+    assert_eq!((first.entries.len(), first.more), (2, true));
+    let rest = fs.readdir_plus(v, ino(&d), b"b", 0).await.unwrap();
+    assert_eq!(names(&rest), vec![b"s".to_vec(), b"sub".to_vec()]);
+    assert!(rest.entries.iter().all(|e| e.attr.is_some()));
+    // Not a directory: the same error as readdir.
+    assert!(matches!(
+        fs.readdir_plus(v, ino(&a), b"", 0).await,
+        Err(MetaError::NotDirectory { .. })
+    ));
 }
 
 #[tokio::test]

@@ -228,6 +228,7 @@ impl Setup {
                     ino: self.dir,
                     after: after.clone(),
                     limit: 100,
+                    plus: false,
                 })
                 .await
                 .unwrap()

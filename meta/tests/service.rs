@@ -153,20 +153,29 @@ async fn file_system_calls_round_trip_with_error_kinds() {
         .await
         .unwrap();
     }
-    // Paging through readdir returns every name once, in order.
-    let (mut after, mut names) = (Vec::new(), Vec::new());
+    // Paging through readdir returns every name once, in order; pages asked with `plus` carry
+    // each entry's attributes.
+    let (mut after, mut names, mut plus) = (Vec::new(), Vec::new(), false);
     loop {
+        plus = !plus;
         let page = fs
             .read_dir(pb::ReadDirRequest {
                 volume: vref("data"),
                 ino: a.ino,
                 after: after.clone(),
                 limit: 7,
+                plus,
             })
             .await
             .unwrap()
             .into_inner();
         assert!(page.entries.len() <= 7);
+        for e in &page.entries {
+            match e.attr {
+                Some(attr) => assert!(plus && attr.ino == e.ino && attr.uid == 1000, "{e:?}"),
+                None => assert!(!plus, "{e:?} has no attributes"),
+            }
+        }
         names.extend(
             page.entries
                 .iter()

@@ -415,6 +415,7 @@ async fn run_grpc(
                                 ino: dir,
                                 after: after.clone(),
                                 limit: 1000,
+                                plus: false,
                             })
                             .await?
                             .into_inner();

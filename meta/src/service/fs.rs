@@ -198,10 +198,12 @@ impl Fs for FsService {
     ) -> Result<Response<pb::ReadDirReply>, Status> {
         self.call("ReadDir", req, |st, vol, r| async move {
             let revision = st.read_revision().await?;
-            let page = st
-                .fs
-                .readdir(&vol, Ino(r.ino), &r.after, r.limit as usize)
-                .await?;
+            let (ino, limit) = (Ino(r.ino), r.limit as usize);
+            let page = if r.plus {
+                st.fs.readdir_plus(&vol, ino, &r.after, limit).await?
+            } else {
+                st.fs.readdir(&vol, ino, &r.after, limit).await?
+            };
             Ok(pb::ReadDirReply {
                 entries: page.entries,
                 more: page.more,
