@@ -11,7 +11,7 @@
 //!
 //! Size: the files' total is kept under a byte limit. The index (size and recency of every
 //! file) lives in memory, rebuilt at open from the directory (file modification times give the
-//! order; hits refresh them); when a write takes the total over the limit, the least recently
+//! order; hits refresh them, to within ten minutes); when a write takes the total over the limit, the least recently
 //! used files are deleted until it is back under 90% of the limit.
 //!
 //! Writes never slow a read: they run in the background, a bounded number at a time (a block
@@ -49,6 +49,9 @@ const TMP_PREFIX: &str = ".tmp-";
 const MAX_WRITES_IN_FLIGHT: u32 = 8;
 /// After an eviction the total is at most this share of the limit.
 const EVICT_TO: f64 = 0.9;
+/// A hit refreshes its file's modification time (the recency order after a restart) when it
+/// is older than this.
+const MTIME_REFRESH: Duration = Duration::from_secs(600);
 /// Failed writes are logged at warn level at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -251,7 +254,8 @@ fn read_verified(path: &Path, size: u64, sum: &Checksum) -> Result<Bytes, Bad> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Bad::Missing),
         Err(e) => return Err(Bad::Io(e)),
     };
-    let len = f.metadata().map_err(Bad::Io)?.len();
+    let meta = f.metadata().map_err(Bad::Io)?;
+    let len = meta.len();
     if len != size {
         return Err(Bad::Invalid(format!(
             "{len} bytes where the block has {size}"
@@ -268,8 +272,15 @@ fn read_verified(path: &Path, size: u64, sum: &Checksum) -> Result<Bytes, Bad> {
     if checksum(&buf) != *sum {
         return Err(Bad::Invalid("the checksum does not match".into()));
     }
-    // Recency that survives a restart; best effort.
-    let _ = f.set_modified(SystemTime::now());
+    // Recency that survives a restart, coarsely (an inode write per hit would cost more);
+    // best effort.
+    let now = SystemTime::now();
+    if meta
+        .modified()
+        .is_ok_and(|m| now.duration_since(m).is_ok_and(|age| age > MTIME_REFRESH))
+    {
+        let _ = f.set_modified(now);
+    }
     Ok(Bytes::from(buf))
 }
 

@@ -15,6 +15,11 @@
 //! /proc/sys/vm/drop_caches`, or `posix_fadvise(DONTNEED)` on every file involved when that is
 //! not permitted) and the mounts are remounted, so their block and attribute caches are empty.
 //! The mirror's reads start once its own bucket holds every block.
+//!
+//! The local disk cache (`mirrorfs mount --cache-dir`): the mirror is remounted with a cache
+//! directory under the rig, the big file read once to fill it, then remounted again (memory
+//! caches empty, page cache dropped) and read sequentially and at random; those rows show the
+//! warm disk cache beside the same run's cold local-directory reads.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -28,6 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use mirrorfs_api::meta::StorageConfig;
+use mirrorfs_fs::DiskCacheMetrics;
 use mirrorfs_fs::mount::{Mount, MountConfig};
 use mirrorfs_meta::engine::embedded::EmbeddedEngine;
 use mirrorfs_meta::follower::{self, FollowerConfig};
@@ -189,6 +195,10 @@ struct Rig {
     mirror_token: String,
     src_mount: Option<Mount>,
     mir_mount: Option<Mount>,
+    /// The disk cache directory of the mirror mount, when it has one.
+    mir_cache: Option<(PathBuf, u64)>,
+    /// Its counters (shared by every mount of it).
+    mir_cache_metrics: DiskCacheMetrics,
 }
 
 const ADMIN: &str = "bench-admin-token";
@@ -265,6 +275,8 @@ impl Rig {
             mirror_token,
             src_mount: None,
             mir_mount: None,
+            mir_cache: None,
+            mir_cache_metrics: DiskCacheMetrics::default(),
         };
         rig.mount_source().await?;
         Ok(rig)
@@ -284,7 +296,12 @@ impl Rig {
 
     async fn mount_mirror(&mut self) -> anyhow::Result<()> {
         if let Some((m, _)) = &self.mirror {
-            let c = self.config("bench-b", "mir", &m.url, &self.mirror_token);
+            let mut c = self.config("bench-b", "mir", &m.url, &self.mirror_token);
+            if let Some((dir, size)) = &self.mir_cache {
+                c.cache_dir = Some(dir.clone());
+                c.cache_size = *size;
+                c.disk_cache_metrics = self.mir_cache_metrics.clone();
+            }
             self.mir_mount = Some(Mount::open(c).await?);
         }
         Ok(())
@@ -313,6 +330,36 @@ impl Rig {
             self.mount_mirror().await?;
         }
         Ok(())
+    }
+
+    /// Unmounts and mounts the mirror again (with `mir_cache` as it is now).
+    async fn remount_mirror(&mut self) -> anyhow::Result<()> {
+        if let Some(m) = self.mir_mount.take() {
+            m.unmount(false).await?;
+        }
+        self.mount_mirror().await
+    }
+
+    /// Waits until the disk cache directory holds at least `n` blocks (written in the
+    /// background after the reads that fetched them).
+    async fn cache_filled(&self, n: usize) -> anyhow::Result<()> {
+        let Some((dir, _)) = self.mir_cache.clone() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let d = dir.clone();
+            let have = tokio::task::spawn_blocking(move || count_blocks(&d)).await?;
+            if have >= n {
+                progress(&format!("disk cache filled: {have} blocks"));
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the disk cache holds {have} blocks of {n} after {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until the mirror mount shows `rel` with `len` bytes and the mirror's bucket has
@@ -361,6 +408,26 @@ impl Rig {
         }
         self.source.stop().await;
     }
+}
+
+/// Files under `dir` that are not dot files (a disk cache's blocks, without its lock and
+/// temporary files).
+fn count_blocks(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(e.path()),
+                Ok(_) if !e.file_name().to_string_lossy().starts_with('.') => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
 }
 
 fn count_files(dir: &Path) -> usize {
@@ -694,6 +761,7 @@ async fn measure(rig: &mut Rig, a: &FsBenchArgs) -> anyhow::Result<(Vec<Row>, Co
         rig.dir.join("local"),
         rig.dir.join("bucket-a"),
         rig.dir.join("bucket-b"),
+        rig.dir.join("cache-mir"),
     ];
 
     progress("sequential write");
@@ -754,6 +822,10 @@ async fn measure(rig: &mut Rig, a: &FsBenchArgs) -> anyhow::Result<(Vec<Row>, Co
         mirror: rr[2].clone(),
     });
 
+    if let Some(mir) = rig.mir() {
+        rows.extend(disk_cache_rows(rig, a, &mir, &seq[0], &rr[0], &cold_dirs).await?);
+    }
+
     progress("random write");
     let (l, s) = (local.join("big"), src.join("big"));
     let (io, ops) = (a.io_size, a.random_ops);
@@ -813,6 +885,73 @@ async fn measure(rig: &mut Rig, a: &FsBenchArgs) -> anyhow::Result<(Vec<Row>, Co
     Ok((rows, cold))
 }
 
+/// The mirror mount with a disk cache: filled by one read, then remounted and read cold
+/// (sequential, then random), beside the local directory's cold figures `local_seq` and
+/// `local_rand`. The mirror is mounted without the disk cache again afterwards.
+async fn disk_cache_rows(
+    rig: &mut Rig,
+    a: &FsBenchArgs,
+    mir: &Path,
+    local_seq: &Option<Figure>,
+    local_rand: &Option<Figure>,
+    cold_dirs: &[PathBuf],
+) -> anyhow::Result<Vec<Row>> {
+    let size = a.size_mb * MIB;
+    let block = mirrorfs_fs::FsConfig::default().block_size as u64;
+    let blocks = size.div_ceil(block) as usize;
+    progress("disk cache: filling it with one read of the big file");
+    rig.mir_cache = Some((rig.dir.join("cache-mir"), (2 * size).max(64 * MIB)));
+    rig.remount_mirror().await?;
+    let big = mir.join("big");
+    let b = big.clone();
+    blocking(move || seq_read(&b)).await?;
+    rig.cache_filled(blocks).await?;
+    let mut rows = Vec::new();
+    progress("disk cache: sequential read after a remount");
+    rig.remount_mirror().await?;
+    let dirs = cold_dirs.to_vec();
+    blocking(move || Ok(make_cold(&dirs))).await?;
+    let b = big.clone();
+    let m = rig.mir_cache_metrics.clone();
+    let (hits, misses) = (m.hits.get(), m.misses.get());
+    let seq = blocking(move || seq_read(&b)).await?;
+    let (hits, misses) = (m.hits.get() - hits, m.misses.get() - misses);
+    progress(&format!(
+        "disk cache: {hits} hits, {misses} misses for the {blocks} blocks"
+    ));
+    anyhow::ensure!(
+        hits >= blocks as u64 && misses == 0,
+        "the disk cache did not serve the read after the remount ({hits} hits, {misses} misses for {blocks} blocks)"
+    );
+    rows.push(Row {
+        name: format!(
+            "sequential read {} MiB, mirror mount with disk cache (warm, after remount)",
+            a.size_mb
+        ),
+        local: local_seq.clone().context("local")?,
+        source: None,
+        mirror: Some(seq),
+    });
+    progress("disk cache: random read after a remount");
+    rig.remount_mirror().await?;
+    let dirs = cold_dirs.to_vec();
+    blocking(move || Ok(make_cold(&dirs))).await?;
+    let (io, ops) = (a.io_size, a.random_ops);
+    let rand = blocking(move || rand_read(&big, io, ops)).await?;
+    rows.push(Row {
+        name: format!(
+            "random read {} x {} B, mirror mount with disk cache (warm, after remount)",
+            a.random_ops, a.io_size
+        ),
+        local: local_rand.clone().context("local")?,
+        source: None,
+        mirror: Some(rand),
+    });
+    rig.mir_cache = None;
+    rig.remount_mirror().await?;
+    Ok(rows)
+}
+
 fn print_table(a: &FsBenchArgs, dir: &Path, rows: &[Row], cold: Cold) {
     let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).unwrap_or(0);
     println!("mirrorfs bench fs — through FUSE mounts beside a local directory, same run");
@@ -836,6 +975,13 @@ fn print_table(a: &FsBenchArgs, dir: &Path, rows: &[Row], cold: Cold) {
          block, attribute and kernel caches) and the {}",
         cold.describe()
     );
+    if !a.no_mirror {
+        println!(
+            "  disk cache rows: the mirror mounted with --cache-dir under the rig, the file read \
+             once to fill it, remounted and made cold as above; the local column repeats the \
+             cold local-directory figure"
+        );
+    }
     let headers = [
         "workload",
         "local dir",
