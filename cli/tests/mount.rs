@@ -3,7 +3,8 @@
 //! mount returns once live and leaves a daemon in its own session, mount-time errors (no meta
 //! service, a silent one, a wrong token or volume, no /dev/fuse) are quick and clear, `cp` then
 //! a mount reads the tree back, and a file written through a source mount shows up with the same
-//! bytes in a mirror mount (which refuses writes with EROFS).
+//! bytes in a mirror mount (which refuses writes with EROFS), and `--cache-dir` fills its
+//! directory with checksum-named blocks (and refuses a directory in use or a regular file).
 //!
 //! Needs root and /dev/fuse (as CI runs): without them the tests fail saying so. Every mount is
 //! unmounted (lazily) and every daemon killed by its pid when its guard drops, panics included.
@@ -738,17 +739,44 @@ fn a_cache_dir_fills_with_verified_blocks_and_bad_ones_are_refused() {
     // Read through a mount with a disk cache: the directory fills with the blocks, each named
     // by the BLAKE3 checksum of its content.
     let cache_arg = cache.to_str().unwrap();
+    let log = r.p("cached.log");
     let pid = mount_background(
         &mut g,
         "data",
         &at,
         &r.source.url,
         &token,
-        &["--cache-dir", cache_arg, "--cache-size", "64MiB"],
+        &[
+            "--cache-dir",
+            cache_arg,
+            "--cache-size",
+            "64MiB",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
     );
     assert!(std::fs::read(at.join("f")).unwrap() == data);
     eventually("every block in the cache directory", || {
         block_files(&cache).len() == in_bucket
+    });
+    // Its metrics: every block a miss (then cached), the bytes on disk.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let metrics = logged
+        .lines()
+        .find_map(|l| l.strip_prefix("mirrorfs: metrics on "))
+        .unwrap_or_else(|| panic!("the metrics address in the log: {logged}"))
+        .to_owned();
+    let wanted = [
+        format!("mirrorfs_block_disk_cache_misses_total {in_bucket}"),
+        "mirrorfs_block_disk_cache_hits_total 0".to_owned(),
+        format!("mirrorfs_block_disk_cache_bytes {}", data.len()),
+        "mirrorfs_block_disk_cache_evictions_total 0".to_owned(),
+    ];
+    eventually("the disk cache metrics", || {
+        let body = http_get(&metrics);
+        wanted.iter().all(|w| body.lines().any(|l| l == w))
     });
     let mut total = 0;
     for f in block_files(&cache) {
