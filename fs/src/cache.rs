@@ -153,8 +153,23 @@ impl BlockCache {
 
 const SHARDS: usize = 256;
 
-/// Attribute, entry and symlink caches, invalidated by the volume watch.
+/// Inserts into a cache map holding at most `limit` items: beyond it, arbitrary items are
+/// dropped down to 90% of `limit` (dropping is always safe; the next use asks the service).
+fn insert_bounded<K: Hash + Eq + Clone, V>(map: &mut HashMap<K, V>, k: K, v: V, limit: usize) {
+    if map.len() >= limit && !map.contains_key(&k) {
+        let excess = map.len() + 1 - limit * 9 / 10;
+        let victims: Vec<K> = map.keys().take(excess).cloned().collect();
+        for victim in victims {
+            map.remove(&victim);
+        }
+    }
+    map.insert(k, v);
+}
+
+/// Attribute, entry and symlink caches, invalidated by the volume watch, each bounded to
+/// `limit` items.
 pub struct MetaCache {
+    limit: usize,
     hasher: RandomState,
     gens: Box<[AtomicU64]>,
     attrs: Mutex<HashMap<u64, Attr>>,
@@ -171,9 +186,21 @@ pub struct Ticket(u64, usize);
 /// advance (the entries of a listing, the inode a lookup finds).
 pub struct Tickets(Box<[u64]>);
 
+/// Items a [`MetaCache`] map holds by default (about 150 MB of attributes at most).
+pub const META_CACHE_ITEMS: usize = 1_000_000;
+
 impl Default for MetaCache {
     fn default() -> Self {
+        Self::new(META_CACHE_ITEMS)
+    }
+}
+
+impl MetaCache {
+    /// A cache holding at most `limit` (at least 16) attributes, entries and symlink targets
+    /// each.
+    pub fn new(limit: usize) -> Self {
         Self {
+            limit: limit.max(16),
             hasher: RandomState::new(),
             gens: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             attrs: Mutex::default(),
@@ -181,9 +208,7 @@ impl Default for MetaCache {
             links: Mutex::default(),
         }
     }
-}
 
-impl MetaCache {
     fn shard<K: Hash>(&self, k: K) -> usize {
         (self.hasher.hash_one(k) as usize) % SHARDS
     }
@@ -237,13 +262,13 @@ impl MetaCache {
     pub fn fill_attr(&self, t: Ticket, attr: &Attr) {
         let mut attrs = lock(&self.attrs);
         if self.valid(t) {
-            attrs.insert(attr.ino, *attr);
+            insert_bounded(&mut attrs, attr.ino, *attr, self.limit);
         }
     }
 
     /// Caches what this client itself just changed (newer than anything cached).
     pub fn put_attr(&self, attr: &Attr) {
-        lock(&self.attrs).insert(attr.ino, *attr);
+        insert_bounded(&mut lock(&self.attrs), attr.ino, *attr, self.limit);
     }
 
     pub fn entry(&self, parent: u64, name: &[u8]) -> Option<u64> {
@@ -253,12 +278,17 @@ impl MetaCache {
     pub fn fill_entry(&self, t: Ticket, parent: u64, name: &[u8], ino: u64) {
         let mut entries = lock(&self.entries);
         if self.valid(t) {
-            entries.insert((parent, name.to_vec()), ino);
+            insert_bounded(&mut entries, (parent, name.to_vec()), ino, self.limit);
         }
     }
 
     pub fn put_entry(&self, parent: u64, name: &[u8], ino: u64) {
-        lock(&self.entries).insert((parent, name.to_vec()), ino);
+        insert_bounded(
+            &mut lock(&self.entries),
+            (parent, name.to_vec()),
+            ino,
+            self.limit,
+        );
     }
 
     pub fn link(&self, ino: u64) -> Option<Vec<u8>> {
@@ -267,7 +297,7 @@ impl MetaCache {
 
     /// Symlink targets never change (a new target is a new inode).
     pub fn put_link(&self, ino: u64, target: &[u8]) {
-        lock(&self.links).insert(ino, target.to_vec());
+        insert_bounded(&mut lock(&self.links), ino, target.to_vec(), self.limit);
     }
 
     pub fn invalidate_attr(&self, ino: u64) {
@@ -349,6 +379,39 @@ mod tests {
         let t = c.attr_ticket(5);
         c.fill_attr(t, &attr);
         assert!(c.attr(5).is_some());
+    }
+
+    #[test]
+    fn each_map_stays_within_its_limit_and_keeps_the_newest() {
+        let c = MetaCache::new(100);
+        for ino in 0..1000u64 {
+            let t = c.attr_ticket(ino);
+            c.fill_attr(
+                t,
+                &Attr {
+                    ino,
+                    ..Default::default()
+                },
+            );
+            c.put_entry(1, format!("n{ino}").as_bytes(), ino);
+            c.put_link(ino, b"target");
+            let lens = (
+                lock(&c.attrs).len(),
+                lock(&c.entries).len(),
+                lock(&c.links).len(),
+            );
+            assert!(
+                lens.0 <= 100 && lens.1 <= 100 && lens.2 <= 100,
+                "at {ino}: {lens:?}"
+            );
+            // What was just put is there.
+            assert_eq!(c.attr(ino).map(|a| a.ino), Some(ino));
+            assert_eq!(c.entry(1, format!("n{ino}").as_bytes()), Some(ino));
+        }
+        assert!(
+            lock(&c.attrs).len() >= 90,
+            "evicts down to 90%, not further"
+        );
     }
 
     #[test]

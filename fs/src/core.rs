@@ -43,6 +43,8 @@ pub struct FsConfig {
     pub block_size: usize,
     /// In-memory block cache.
     pub cache_bytes: u64,
+    /// Attributes, directory entries and symlink targets kept in memory (each).
+    pub meta_cache_items: usize,
     /// Blocks fetched ahead of a sequential reader.
     pub readahead_blocks: usize,
     /// Uncommitted bytes this client buffers before a writer flushes its file.
@@ -63,6 +65,7 @@ impl Default for FsConfig {
             attr_ttl: Duration::from_secs(30),
             block_size: BLOCK_SIZE,
             cache_bytes: 256 << 20,
+            meta_cache_items: crate::cache::META_CACHE_ITEMS,
             readahead_blocks: 8,
             max_dirty_bytes: 256 << 20,
             upload_concurrency: 16,
@@ -194,7 +197,7 @@ impl FsCore {
         let core = Arc::new(FsCore {
             root: v.root_ino,
             read_only: v.read_only || !blocks.writable(),
-            cache: MetaCache::default(),
+            cache: MetaCache::new(config.meta_cache_items),
             block_cache: Arc::new(BlockCache::new(config.cache_bytes)),
             inodes: Mutex::default(),
             handles: Mutex::default(),
