@@ -21,8 +21,12 @@
 //! One process at a time: [`DiskCache::open`] takes an exclusive `flock` on `<dir>/.lock`
 //! (released when the cache is dropped or the process exits), so two mounts never evict each
 //! other's files from under their indexes.
+//!
+//! The in-memory index lives in `index`, the counters in `metrics`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod index;
+mod metrics;
+
 use std::fs::{DirBuilder, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::DirBuilderExt;
@@ -36,10 +40,10 @@ use mirrorfs_api::Checksum;
 use mirrorfs_objstore::{BlockInfo, checksum};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
+
+use self::index::Index;
+pub use self::metrics::DiskCacheMetrics;
 
 /// The lock file inside the cache directory.
 pub const LOCK_FILE: &str = ".lock";
@@ -54,56 +58,6 @@ const EVICT_TO: f64 = 0.9;
 const MTIME_REFRESH: Duration = Duration::from_secs(600);
 /// Failed writes are logged at warn level at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(60);
-
-/// Counters of the disk cache, all named `mirrorfs_block_disk_cache_*` (documented in
-/// `docs/METRICS.md`). Clones share the same counters.
-#[derive(Clone, Debug, Default)]
-pub struct DiskCacheMetrics {
-    /// Block reads served from the disk cache.
-    pub hits: Counter,
-    /// Block reads the disk cache could not serve (absent, or found corrupt and deleted).
-    pub misses: Counter,
-    /// Files deleted to stay under the size limit.
-    pub evictions: Counter,
-    /// Blocks that could not be written to the cache (disk full, permissions).
-    pub write_errors: Counter,
-    /// Bytes of blocks in the cache.
-    pub bytes: Gauge,
-}
-
-impl DiskCacheMetrics {
-    /// Creates the metrics and registers them under `mirrorfs_block_disk_cache_*`.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = Self::default();
-        let r = registry.sub_registry_with_prefix("mirrorfs_block_disk_cache");
-        r.register(
-            "hits",
-            "Block reads served from the local disk cache",
-            m.hits.clone(),
-        );
-        r.register(
-            "misses",
-            "Block reads the local disk cache could not serve (absent, or corrupt and deleted)",
-            m.misses.clone(),
-        );
-        r.register(
-            "evictions",
-            "Cached block files deleted to stay under the size limit",
-            m.evictions.clone(),
-        );
-        r.register(
-            "write_errors",
-            "Blocks that could not be written to the local disk cache",
-            m.write_errors.clone(),
-        );
-        r.register(
-            "bytes",
-            "Bytes of blocks in the local disk cache",
-            m.bytes.clone(),
-        );
-        m
-    }
-}
 
 /// Why a cache directory cannot be used. Messages name the directory.
 #[derive(Debug, thiserror::Error)]
@@ -120,76 +74,6 @@ pub enum DiskCacheError {
     InUse { dir: PathBuf },
     #[error("block cache directory {} cannot be used: {reason}", dir.display())]
     Unusable { dir: PathBuf, reason: String },
-}
-
-struct Entry {
-    size: u64,
-    tick: u64,
-}
-
-/// What is on disk: every file's size and recency.
-#[derive(Default)]
-struct Index {
-    entries: HashMap<Checksum, Entry>,
-    /// Recency order: tick → checksum, oldest first.
-    order: BTreeMap<u64, Checksum>,
-    tick: u64,
-    total: u64,
-    /// Blocks being written in the background.
-    pending: HashSet<Checksum>,
-}
-
-impl Index {
-    fn next_tick(&mut self) -> u64 {
-        self.tick += 1;
-        self.tick
-    }
-
-    /// Marks `c` used now; false when it is not in the cache.
-    fn touch(&mut self, c: &Checksum) -> bool {
-        let tick = self.next_tick();
-        let Some(e) = self.entries.get_mut(c) else {
-            return false;
-        };
-        self.order.remove(&e.tick);
-        e.tick = tick;
-        self.order.insert(tick, *c);
-        true
-    }
-
-    fn insert(&mut self, c: Checksum, size: u64) {
-        self.remove(&c);
-        let tick = self.next_tick();
-        self.entries.insert(c, Entry { size, tick });
-        self.order.insert(tick, c);
-        self.total += size;
-    }
-
-    fn remove(&mut self, c: &Checksum) -> bool {
-        match self.entries.remove(c) {
-            Some(e) => {
-                self.order.remove(&e.tick);
-                self.total -= e.size;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// The least recently used entries to drop so the total falls to `target`.
-    fn victims(&mut self, target: u64) -> Vec<Checksum> {
-        let mut out = Vec::new();
-        while self.total > target {
-            let Some((_, c)) = self.order.pop_first() else {
-                break;
-            };
-            if let Some(e) = self.entries.remove(&c) {
-                self.total -= e.size;
-            }
-            out.push(c);
-        }
-        out
-    }
 }
 
 /// A directory of verified blocks with a size limit, used by one process at a time.
@@ -365,14 +249,14 @@ impl DiskCache {
         };
         {
             let mut idx = cache.lock_index();
-            if idx.total > limit {
+            if idx.total() > limit {
                 cache.evict(&mut idx);
             }
-            cache.metrics.bytes.set(idx.total as i64);
+            cache.metrics.bytes.set(idx.total() as i64);
             tracing::info!(
                 dir = %cache.dir.display(),
-                blocks = idx.entries.len(),
-                bytes = idx.total,
+                blocks = idx.len(),
+                bytes = idx.total(),
                 limit,
                 "block disk cache opened"
             );
@@ -390,12 +274,12 @@ impl DiskCache {
 
     /// Bytes of blocks in the cache.
     pub fn bytes(&self) -> u64 {
-        self.lock_index().total
+        self.lock_index().total()
     }
 
     /// Blocks in the cache.
     pub fn len(&self) -> usize {
-        self.lock_index().entries.len()
+        self.lock_index().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -455,7 +339,7 @@ impl DiskCache {
         let mut idx = self.lock_index();
         idx.remove(c);
         let _ = std::fs::remove_file(self.path_of(c));
-        self.metrics.bytes.set(idx.total as i64);
+        self.metrics.bytes.set(idx.total() as i64);
     }
 
     /// Caches `data` as block `b` in the background (on the blocking pool). `data` must be
@@ -468,17 +352,14 @@ impl DiskCache {
         let Ok(permit) = self.writes.clone().try_acquire_owned() else {
             return;
         };
-        {
-            let mut idx = self.lock_index();
-            if idx.entries.contains_key(&b.checksum) || !idx.pending.insert(b.checksum) {
-                return;
-            }
+        if !self.lock_index().start_write(b.checksum) {
+            return;
         }
         let this = self.clone();
         let sum = b.checksum;
         tokio::task::spawn_blocking(move || {
             let r = this.store(&sum, &data);
-            this.lock_index().pending.remove(&sum);
+            this.lock_index().end_write(&sum);
             drop(permit);
             if let Err(e) = r {
                 this.write_failed(&sum, &e);
@@ -515,10 +396,10 @@ impl DiskCache {
             return Err(e);
         }
         idx.insert(*sum, data.len() as u64);
-        if idx.total > self.limit {
+        if idx.total() > self.limit {
             self.evict(&mut idx);
         }
-        self.metrics.bytes.set(idx.total as i64);
+        self.metrics.bytes.set(idx.total() as i64);
         Ok(())
     }
 
@@ -534,7 +415,7 @@ impl DiskCache {
             }
         }
         self.metrics.evictions.inc_by(victims.len() as u64);
-        self.metrics.bytes.set(idx.total as i64);
+        self.metrics.bytes.set(idx.total() as i64);
     }
 
     fn write_failed(&self, sum: &Checksum, e: &io::Error) {
