@@ -159,7 +159,12 @@ fn config(a: &MountArgs) -> anyhow::Result<MountConfig> {
     c.replication_workers = a.replication_workers.max(1);
     c.threads = a.threads;
     c.kernel_readahead_kb = (a.kernel_readahead_kb > 0).then_some(a.kernel_readahead_kb);
-    c.cache_dir = a.cache_dir.clone();
+    c.cache_dir = match &a.cache_dir {
+        Some(d) => {
+            Some(std::path::absolute(d).with_context(|| format!("--cache-dir {}", d.display()))?)
+        }
+        None => None,
+    };
     if let Some(size) = a.cache_size {
         anyhow::ensure!(
             size >= MIN_CACHE_SIZE,
