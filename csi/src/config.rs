@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::size::MIN_CACHE_SIZE;
+
 /// Which CSI services this process serves (Identity is always served).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -55,6 +57,11 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// The `mirrorfs` binary that runs FUSE mounts.
     pub mount_binary: PathBuf,
+    /// Where each staged volume's FUSE mount gets a disk cache directory of its own; `None`: no
+    /// disk cache.
+    pub cache_root: Option<PathBuf>,
+    /// The disk cache size limit of each staged volume's mount, in bytes.
+    pub cache_size: u64,
 }
 
 /// A configuration the driver cannot run with.
@@ -74,6 +81,10 @@ pub enum ConfigError {
     BadRegion(String),
     #[error("--{flag} must be an absolute path, got {path:?}")]
     RelativePath { flag: &'static str, path: PathBuf },
+    #[error("--cache-size must be at least 16MiB (a few 4 MiB blocks), got {0} bytes")]
+    CacheTooSmall(u64),
+    #[error("--cache-root {path}: {why}")]
+    CacheRoot { path: PathBuf, why: String },
 }
 
 impl Config {
@@ -91,9 +102,11 @@ impl Config {
             return Err(ConfigError::BadRegion(r.clone()));
         }
         for (flag, path) in [
-            ("kubelet-dir", &self.kubelet_dir),
-            ("state-dir", &self.state_dir),
+            ("kubelet-dir", Some(&self.kubelet_dir)),
+            ("state-dir", Some(&self.state_dir)),
+            ("cache-root", self.cache_root.as_ref()),
         ] {
+            let Some(path) = path else { continue };
             if !path.is_absolute() {
                 return Err(ConfigError::RelativePath {
                     flag,
@@ -101,7 +114,40 @@ impl Config {
                 });
             }
         }
+        if self.cache_root.is_some() && self.cache_size < MIN_CACHE_SIZE {
+            return Err(ConfigError::CacheTooSmall(self.cache_size));
+        }
         Ok(())
+    }
+
+    /// The system checks of a node plugin's `--cache-root`: an existing directory this process
+    /// can create files in (a probe file is created and removed).
+    pub fn check_cache_root(&self) -> Result<(), ConfigError> {
+        let Some(root) = self.cache_root.as_ref().filter(|_| self.role.node()) else {
+            return Ok(());
+        };
+        let fail = |why: String| ConfigError::CacheRoot {
+            path: root.clone(),
+            why,
+        };
+        match std::fs::metadata(root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(fail("not a directory".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(fail(
+                    "does not exist; create it (the chart mounts a hostPath there)".into(),
+                ));
+            }
+            Err(e) => return Err(fail(format!("cannot be read: {e}"))),
+        }
+        let probe = root.join(format!(".write-probe-{}", std::process::id()));
+        std::fs::File::create(&probe).map_err(|e| fail(format!("is not writable: {e}")))?;
+        std::fs::remove_file(&probe).map_err(|e| {
+            fail(format!(
+                "cannot remove the probe file {}: {e}",
+                probe.display()
+            ))
+        })
     }
 }
 
@@ -132,6 +178,8 @@ mod tests {
             max_lag: Duration::from_secs(300),
             metrics_addr: None,
             mount_binary: "/usr/bin/mirrorfs".into(),
+            cache_root: None,
+            cache_size: crate::size::DEFAULT_CACHE_SIZE,
         }
     }
 
@@ -172,5 +220,57 @@ mod tests {
         assert!(
             matches!(c.validate(), Err(ConfigError::RelativePath { flag, .. }) if flag == "state-dir")
         );
+    }
+
+    #[test]
+    fn cache_flags_are_checked() {
+        let mut c = config();
+        c.cache_root = Some("cache".into());
+        assert!(
+            matches!(c.validate(), Err(ConfigError::RelativePath { flag, .. }) if flag == "cache-root")
+        );
+        c.cache_root = Some("/var/lib/mirrorfs/cache".into());
+        assert!(c.validate().is_ok());
+        c.cache_size = (16 << 20) - 1;
+        let e = c
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("--cache-size must be at least 16MiB"), "{e}");
+        // Without a cache root the size is unused and not checked.
+        c.cache_root = None;
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn cache_root_must_be_a_writable_directory() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut c = config();
+        c.cache_root = Some(d.path().to_owned());
+        assert!(c.check_cache_root().is_ok());
+        assert_eq!(std::fs::read_dir(d.path()).map(|r| r.count()).ok(), Some(0));
+        let file = d.path().join("file");
+        std::fs::write(&file, b"x").unwrap_or_else(|e| panic!("{e}"));
+        c.cache_root = Some(file.clone());
+        let e = c
+            .check_cache_root()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            format!("--cache-root {}: not a directory", file.display())
+        );
+        c.cache_root = Some(d.path().join("missing"));
+        let e = c
+            .check_cache_root()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("does not exist"), "{e}");
+        // The controller does not use it.
+        c.role = Role::Controller;
+        assert!(c.check_cache_root().is_ok());
     }
 }

@@ -34,6 +34,7 @@ struct Harness {
     channel: Channel,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     region: Option<String>,
+    cache_root: Option<PathBuf>,
 }
 
 impl Drop for Harness {
@@ -44,7 +45,13 @@ impl Drop for Harness {
     }
 }
 
-fn config(kubelet: &Path, state: &Path, region: Option<String>, path_wait: Duration) -> Config {
+fn config(
+    kubelet: &Path,
+    state: &Path,
+    region: Option<String>,
+    path_wait: Duration,
+    cache_root: Option<PathBuf>,
+) -> Config {
     Config {
         endpoint: "unix:///unused".into(),
         role: Role::All,
@@ -56,6 +63,8 @@ fn config(kubelet: &Path, state: &Path, region: Option<String>, path_wait: Durat
         max_lag: Duration::from_secs(60),
         metrics_addr: None,
         mount_binary: "/nonexistent/mirrorfs".into(),
+        cache_root,
+        cache_size: crate::size::DEFAULT_CACHE_SIZE,
     }
 }
 
@@ -65,11 +74,16 @@ async fn start(
     mirror: Arc<FakeMirror>,
     region: Option<String>,
     path_wait: Duration,
+    cache_root: Option<PathBuf>,
 ) -> (Channel, tokio::sync::oneshot::Sender<()>) {
     let kubelet = dir.join("kubelet");
     let state = dir.join("state");
-    let driver = Driver::new(config(&kubelet, &state, region, path_wait), mounter, mirror)
-        .unwrap_or_else(|e| panic!("driver: {e}"));
+    let driver = Driver::new(
+        config(&kubelet, &state, region, path_wait, cache_root),
+        mounter,
+        mirror,
+    )
+    .unwrap_or_else(|e| panic!("driver: {e}"));
     let sock = dir.join(format!("csi-{}.sock", rand_suffix()));
     let listener = crate::server::bind(&sock).unwrap_or_else(|e| panic!("bind: {e}"));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -95,7 +109,16 @@ impl Harness {
     }
 
     async fn with(region: Option<String>, path_wait: Duration) -> Self {
+        Self::with_cache(region, path_wait, false).await
+    }
+
+    /// With `cache`, a `--cache-root` (a real directory, as the startup check wants).
+    async fn with_cache(region: Option<String>, path_wait: Duration, cache: bool) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let cache_root = cache.then(|| dir.path().join("cache"));
+        if let Some(c) = &cache_root {
+            std::fs::create_dir(c).unwrap_or_else(|e| panic!("{e}"));
+        }
         let kubelet = dir.path().join("kubelet");
         let state = dir.path().join("state");
         let mounter = Arc::new(FakeMounter::new());
@@ -128,6 +151,7 @@ impl Harness {
             mirror.clone(),
             region.clone(),
             path_wait,
+            cache_root.clone(),
         )
         .await;
         Self {
@@ -139,6 +163,7 @@ impl Harness {
             channel,
             stop: Some(stop),
             region,
+            cache_root,
         }
     }
 
@@ -154,6 +179,7 @@ impl Harness {
             self.mirror.clone(),
             self.region.clone(),
             Duration::from_millis(600),
+            self.cache_root.clone(),
         )
         .await;
         self.channel = channel;
@@ -1293,4 +1319,64 @@ async fn volume_condition_reports_a_stale_mirror() {
         Code::NotFound,
         &["not mounted at"],
     );
+}
+
+#[tokio::test]
+async fn each_staged_volume_gets_its_own_disk_cache_deleted_at_unstage() {
+    let mut h = Harness::with_cache(None, Duration::from_millis(600), true).await;
+    let root = h.cache_root.clone().unwrap_or_default();
+    h.stage_and_publish("pv-a", "team/a", "p1").await;
+    h.stage_and_publish("pv-b", "team/b", "p2").await;
+    let starts = h.mounter.fuse_starts();
+    let caches: Vec<_> = starts.iter().map(|m| m.cache.clone()).collect();
+    let want = |id: &str| {
+        Some(crate::cache_dir::DiskCache {
+            dir: root.join(crate::cache_dir::dir_name(id)),
+            size: crate::size::DEFAULT_CACHE_SIZE,
+        })
+    };
+    assert_eq!(caches, [want("pv-a"), want("pv-b")]);
+    // A plugin restarted over a broken mount remounts with the same directory.
+    h.mounter.break_mount(&h.staging("pv-a"));
+    h.restart().await;
+    let last = h.mounter.fuse_starts().pop().and_then(|m| m.cache);
+    assert_eq!(last, want("pv-a"));
+    // Unstage deletes the volume's directory (the fake refuses while the mount is live, so
+    // this also shows it comes after the unmount), and only that one.
+    let unpublish = csi::NodeUnpublishVolumeRequest {
+        volume_id: "pv-a".into(),
+        target_path: h.target("p1").display().to_string(),
+    };
+    let r = h.node().node_unpublish_volume(unpublish).await;
+    assert!(r.is_ok(), "{r:?}");
+    for _ in 0..2 {
+        let r = h
+            .node()
+            .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+                volume_id: "pv-a".into(),
+                staging_target_path: h.staging("pv-a").display().to_string(),
+            })
+            .await;
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let removed: Vec<_> = h.mounter.cache_removals().into_iter().map(Some).collect();
+    assert_eq!(removed, [want("pv-a").map(|c| c.dir)]);
+    // A stage whose mount fails leaves no directory behind.
+    h.mounter
+        .fail_next_fuse("error: the meta service is unreachable");
+    let r = h
+        .node()
+        .node_stage_volume(h.stage_req("pv-c", "team/a"))
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    let last = h.mounter.cache_removals().pop();
+    assert_eq!(last, want("pv-c").map(|c| c.dir));
+}
+
+#[tokio::test]
+async fn without_a_cache_root_mounts_have_no_disk_cache() {
+    let h = Harness::new().await;
+    h.stage_and_publish("pv-a", "team/a", "p1").await;
+    let starts = h.mounter.fuse_starts();
+    assert!(starts.iter().all(|m| m.cache.is_none()), "{starts:?}");
 }

@@ -3,6 +3,7 @@
 //! of mirror volumes; the node plugin mounts them read-only through `mirrorfs mount` processes
 //! and bind mounts. OS effects sit behind [`Mounter`]; the mirror metadata behind [`MirrorView`].
 
+mod cache_dir;
 mod capability;
 pub mod client;
 mod config;
@@ -22,6 +23,7 @@ pub mod process;
 mod relpath;
 pub mod server;
 mod service;
+pub mod size;
 mod state;
 mod volume_id;
 

@@ -1,5 +1,5 @@
 //! The node's effects on the operating system, behind one trait: reading the mount table,
-//! checking a path's health, starting FUSE mount processes, read-only bind mounts of a volume's
+//! checking a path's health, starting FUSE mount processes, deleting their disk caches, read-only bind mounts of a volume's
 //! subdirectory (resolved without following symlinks), unmounting, usage. `linux` is the real
 //! implementation (nix, openat2); `fake` keeps a mount table in memory for unit tests.
 
@@ -61,6 +61,9 @@ pub trait Mounter: Send + Sync + 'static {
     async fn make_dir(&self, path: &Path) -> io::Result<bool>;
     /// Removes the empty directory `path`; absent is fine.
     async fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    /// Deletes the disk cache directory `dir` of an unmounted volume, once the exiting mount
+    /// process has let go of its lock (waiting a bounded time); absent is fine.
+    async fn remove_cache_dir(&self, dir: &Path) -> io::Result<()>;
     /// Starts a FUSE mount process and returns once the mount is live.
     async fn mount_fuse(&self, m: &FuseMount) -> Result<(), String>;
     /// Unmounts the topmost mount at `path` (lazily when busy or broken); not mounted is fine.

@@ -7,6 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cache_dir;
 use crate::capability::{self, Access};
 use crate::config::Config;
 use crate::csi;
@@ -128,6 +129,7 @@ impl NodeCore {
             mount_point: staging.clone(),
             log_file: self.store.log_file(&rec.volume_id),
             secrets: secrets.clone(),
+            cache: rec.cache.clone(),
         };
         self.mounter.mount_fuse(&m).await.map_err(|msg| {
             CsiError::Mount(format!(
@@ -236,6 +238,10 @@ impl NodeCore {
             lenient: spec.lenient,
             access,
             created_staging: existing.as_ref().map_or(created, |r| r.created_staging),
+            cache: match &existing {
+                Some(r) => r.cache.clone(),
+                None => cache_dir::for_volume(&self.config, id),
+            },
             publishes: existing.map(|r| r.publishes).unwrap_or_default(),
         };
         // Recorded before mounting: a plugin that dies mid-way finds the volume on restart.
@@ -246,6 +252,9 @@ impl NodeCore {
                 let _ = self.store.remove(id);
                 if rec.created_staging {
                     let _ = self.mounter.remove_dir(&staging).await;
+                }
+                if let Some(c) = &rec.cache {
+                    let _ = self.mounter.remove_cache_dir(&c.dir).await;
                 }
             }
             return Err(e);
@@ -298,6 +307,16 @@ impl NodeCore {
         if let Some(rec) = rec {
             if rec.created_staging {
                 let _ = self.mounter.remove_dir(&staging).await;
+            }
+            // After the mount: its process must let go of the directory first. On failure the
+            // record stays, so the kubelet's retry of the unstage deletes it.
+            if let Some(c) = &rec.cache {
+                self.mounter.remove_cache_dir(&c.dir).await.map_err(|e| {
+                    CsiError::Internal(format!(
+                        "volume {id:?}: unmounted, but cannot delete its disk cache {}: {e}",
+                        c.dir.display()
+                    ))
+                })?;
             }
             self.store
                 .remove(id)

@@ -1,5 +1,5 @@
 //! Starting FUSE mount processes: `mirrorfs mount VOLUME MOUNTPOINT --meta URL --read-only
-//! --background --log-file FILE`, the token and bucket credentials in the environment (never on
+//! --background --log-file FILE [--cache-dir DIR --cache-size BYTES]`, the token and bucket credentials in the environment (never on
 //! the command line, where `ps` would show them). `--background` returns once the kernel mount
 //! is live; the daemon runs in its own session and survives restarts of the node plugin.
 
@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::cache_dir::DiskCache;
 use crate::params::Secrets;
 
 /// One FUSE mount to start.
@@ -17,6 +18,8 @@ pub struct FuseMount {
     pub mount_point: PathBuf,
     pub log_file: PathBuf,
     pub secrets: Secrets,
+    /// The mount's own disk cache, if the node plugin has a `--cache-root`.
+    pub cache: Option<DiskCache>,
 }
 
 /// How long the mount command may take before it is considered failed.
@@ -34,6 +37,12 @@ pub fn command(binary: &Path, m: &FuseMount) -> tokio::process::Command {
         .arg("--background")
         .arg("--log-file")
         .arg(&m.log_file);
+    if let Some(cache) = &m.cache {
+        c.arg("--cache-dir")
+            .arg(&cache.dir)
+            .arg("--cache-size")
+            .arg(cache.size.to_string());
+    }
     // Only what the mount needs from the plugin's environment: no stray MIRRORFS_* settings.
     c.env_clear();
     for k in ["PATH", "MIRRORFS_LOG", "RUST_BACKTRACE"] {
@@ -107,7 +116,43 @@ mod tests {
                 }),
                 source_bucket: None,
             },
+            cache: None,
         }
+    }
+
+    fn args(m: &FuseMount) -> Vec<String> {
+        command(Path::new("/bin/mirrorfs"), m)
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn cache_flags_only_with_a_disk_cache() {
+        let plain = args(&mount());
+        assert!(!plain.iter().any(|a| a.starts_with("--cache")), "{plain:?}");
+        let mut m = mount();
+        m.cache = Some(DiskCache {
+            dir: "/var/lib/mirrorfs/cache/0123abcd".into(),
+            size: 512 << 20,
+        });
+        let with = args(&m);
+        assert_eq!(with[..plain.len()], plain[..]);
+        assert_eq!(
+            with[plain.len()..],
+            [
+                "--cache-dir",
+                "/var/lib/mirrorfs/cache/0123abcd",
+                "--cache-size",
+                "536870912"
+            ]
+        );
+        // The mount's own parser reads the size back exactly.
+        assert_eq!(
+            crate::size::parse_size(&with[with.len() - 1]),
+            Ok(512 << 20)
+        );
     }
 
     #[test]

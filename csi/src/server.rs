@@ -68,6 +68,7 @@ impl Driver {
         mirror: Arc<dyn MirrorView>,
     ) -> Result<Self, ServeError> {
         config.validate()?;
+        config.check_cache_root()?;
         let config = Arc::new(config);
         let store = Store::open(&config.state_dir).map_err(|source| ServeError::StateDir {
             path: config.state_dir.clone(),

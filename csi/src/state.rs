@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache_dir::DiskCache;
 use crate::capability::Access;
 use crate::params::{Secrets, VolumeSpec};
 use crate::relpath::RelPath;
@@ -25,6 +26,9 @@ pub struct StageRecord {
     pub access: Access,
     /// The driver created the staging directory (and removes it at unstage).
     pub created_staging: bool,
+    /// The FUSE mount's disk cache, fixed at staging (remounts use it; unstage deletes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<DiskCache>,
     pub publishes: Vec<PublishRecord>,
 }
 
@@ -73,7 +77,8 @@ pub struct Store {
     dir: PathBuf,
 }
 
-fn key(s: &str) -> String {
+/// The file-name key of a volume id or claim name: 32 hex characters of its BLAKE3 hash.
+pub(crate) fn key(s: &str) -> String {
     blake3::hash(s.as_bytes()).to_hex()[..32].to_owned()
 }
 
@@ -225,6 +230,10 @@ mod tests {
                 flags: vec![],
             },
             created_staging: false,
+            cache: Some(DiskCache {
+                dir: "/cache/abc".into(),
+                size: 1 << 30,
+            }),
             publishes: vec![],
         };
         assert!(s.save(&r).is_ok());
@@ -245,5 +254,17 @@ mod tests {
         assert_eq!(s.load("v/1").ok().flatten(), None);
         assert_eq!(s.load_secrets("v/1").ok().flatten(), None);
         assert!(s.remove("v/1").is_ok());
+    }
+
+    #[test]
+    fn records_from_before_the_disk_cache_load_without_one() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = Store::open(d.path()).unwrap_or_else(|e| panic!("{e}"));
+        let old = r#"{"volume_id":"v","staging_path":"/k/g","volume":"data",
+            "meta_address":"http://m:1","subdir":"","lenient":false,
+            "access":{"mode":3,"flags":[]},"created_staging":true,"publishes":[]}"#;
+        std::fs::write(s.volume_path("v", "json"), old).unwrap_or_else(|e| panic!("{e}"));
+        let r = s.load("v").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.map(|r| (r.cache, r.created_staging)), Some((None, true)));
     }
 }

@@ -153,3 +153,40 @@ async fn health_tells_missing_from_files() {
     assert!(m.remove_dir(&root.join("new")).await.is_ok());
     assert!(m.remove_dir(&root.join("new")).await.is_ok());
 }
+
+#[tokio::test]
+async fn a_disk_cache_is_deleted_once_its_mount_process_lets_go() {
+    use nix::fcntl::{Flock, FlockArg};
+    let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = d.path().join("cache/0123abcd");
+    std::fs::create_dir_all(dir.join("3f")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.join("3f/3fa9"), b"block").unwrap_or_else(|e| panic!("{e}"));
+    let lock = std::fs::File::create(dir.join(".lock")).unwrap_or_else(|e| panic!("{e}"));
+    // The lock a live mount holds.
+    let held = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
+        .unwrap_or_else(|(_, e)| panic!("flock: {e}"));
+    let m = std::sync::Arc::new(LinuxMounter::new("/nonexistent/mirrorfs".into()));
+    let task = {
+        let (m, dir) = (m.clone(), dir.clone());
+        tokio::spawn(async move { m.remove_cache_dir(&dir).await })
+    };
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), async {
+        while !task.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(early.is_err(), "deleted while the lock was held");
+    assert!(dir.join("3f/3fa9").exists());
+    drop(held);
+    let r = task.await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.is_ok(), "{r:?}");
+    assert!(!dir.exists());
+    assert!(
+        d.path().join("cache").is_dir(),
+        "only the volume's directory goes"
+    );
+    // Deleting again (a retried unstage) is fine.
+    let r = m.remove_cache_dir(&dir).await;
+    assert!(r.is_ok(), "{r:?}");
+}

@@ -74,6 +74,8 @@ impl Kubernetes {
             metrics_addr: None,
             mount_binary: std::env::current_exe()
                 .context("cannot find the running executable for `mirrorfs mount`")?,
+            cache_root: None,
+            cache_size: mirrorfs_csi::size::DEFAULT_CACHE_SIZE,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -26,6 +26,7 @@ struct State {
     fail_next_fuse: Option<String>,
     fuse_starts: Vec<FuseMount>,
     fuse_missing: bool,
+    cache_removals: Vec<PathBuf>,
 }
 
 #[derive(Default)]
@@ -87,6 +88,10 @@ impl FakeMounter {
     pub fn fuse_starts(&self) -> Vec<FuseMount> {
         self.st().fuse_starts.clone()
     }
+    /// The disk cache directories deleted, in order.
+    pub fn cache_removals(&self) -> Vec<PathBuf> {
+        self.st().cache_removals.clone()
+    }
     pub fn dir_exists(&self, p: &Path) -> bool {
         self.st().dirs.contains(p)
     }
@@ -130,6 +135,18 @@ impl Mounter for FakeMounter {
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
         }
         st.dirs.remove(path);
+        Ok(())
+    }
+
+    async fn remove_cache_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.st();
+        if st.fuse_starts.iter().any(|m| {
+            m.cache.as_ref().is_some_and(|c| c.dir == dir) && st.fuse.contains_key(&m.mount_point)
+        }) {
+            // A live mount still holds the directory's lock.
+            return Err(io::Error::other("still locked by a mount"));
+        }
+        st.cache_removals.push(dir.to_owned());
         Ok(())
     }
 

@@ -7,10 +7,10 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
+use nix::fcntl::{Flock, FlockArg, OFlag, OpenHow, ResolveFlag, open, openat2};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::Mode;
 
@@ -22,6 +22,30 @@ use crate::relpath::RelPath;
 
 /// How long a `stat` of a possibly hung FUSE mount may take.
 const STAT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long deleting a disk cache waits for the exiting mount process to release its lock.
+const CACHE_RELEASE_WAIT: Duration = Duration::from_secs(20);
+/// How long deleting one disk cache directory may take.
+const CACHE_REMOVE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The lock file a mount holds in its disk cache directory.
+const CACHE_LOCK_FILE: &str = ".lock";
+
+/// Deletes `dir` under its lock: `Ok(false)` while a mount process still holds the lock.
+fn remove_unlocked_cache_dir(dir: &Path) -> io::Result<bool> {
+    let _held = match std::fs::File::open(dir.join(CACHE_LOCK_FILE)) {
+        Ok(f) => match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Some(l),
+            Err((_, Errno::EWOULDBLOCK)) => return Ok(false),
+            Err((_, e)) => return Err(io_err(e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(true),
+    }
+}
 
 pub struct LinuxMounter {
     binary: PathBuf,
@@ -209,6 +233,25 @@ impl Mounter for LinuxMounter {
         match tokio::fs::remove_dir(path).await {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             r => r,
+        }
+    }
+
+    async fn remove_cache_dir(&self, dir: &Path) -> io::Result<()> {
+        let deadline = Instant::now() + CACHE_RELEASE_WAIT;
+        loop {
+            let d = dir.to_owned();
+            let removed = blocking(move || remove_unlocked_cache_dir(&d), CACHE_REMOVE_TIMEOUT)
+                .await
+                .unwrap_or_else(|| Err(io::Error::other("deleting did not finish in time")))?;
+            if removed {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::other(format!(
+                    "still locked after {CACHE_RELEASE_WAIT:?} by a mirrorfs mount process that has not exited"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
