@@ -29,6 +29,8 @@ pub struct Options {
     pub path_wait: String,
     /// `--max-lag` of the driver.
     pub max_lag: Option<String>,
+    /// With a size: `--cache-root` [`Cluster::cache_root`] and this `--cache-size`.
+    pub cache_size: Option<String>,
 }
 
 impl Default for Options {
@@ -36,6 +38,7 @@ impl Default for Options {
         Options {
             path_wait: "3s".into(),
             max_lag: None,
+            cache_size: None,
         }
     }
 }
@@ -88,6 +91,11 @@ impl Cluster {
         regions.wait_applied(rev).await;
         let mirror_token = regions.mirror_volume(MIRROR_VOLUME, SOURCE_VOLUME).await;
         let kubelet = Kubelet::new(&dir.path().join("kubelet"));
+        let cache_root = opts.cache_size.as_ref().map(|_| {
+            let root = dir.path().join("cache");
+            std::fs::create_dir(&root).expect("create the cache root");
+            root
+        });
         let config = DriverConfig {
             role: "all".into(),
             node_id: NODE_ID.into(),
@@ -96,6 +104,8 @@ impl Cluster {
             state_dir: dir.path().join("csi-state"),
             path_wait: opts.path_wait.clone(),
             max_lag: opts.max_lag.clone(),
+            cache_root,
+            cache_size: opts.cache_size.clone(),
         };
         let driver = Driver::start(
             config,
@@ -118,6 +128,11 @@ impl Cluster {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The driver's `--cache-root` (with [`Options::cache_size`]).
+    pub fn cache_root(&self) -> Option<&Path> {
+        self.driver.config.cache_root.as_deref()
     }
 
     /// A StorageClass for the mirror volume with `extra` parameters.

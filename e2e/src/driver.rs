@@ -30,6 +30,10 @@ pub struct DriverConfig {
     /// `--path-wait`, e.g. `3s`.
     pub path_wait: String,
     pub max_lag: Option<String>,
+    /// `--cache-root` (each staged volume's disk cache under it).
+    pub cache_root: Option<PathBuf>,
+    /// `--cache-size`, e.g. `64MiB`.
+    pub cache_size: Option<String>,
 }
 
 /// A running (or killed) `mirrorfs csi` process.
@@ -82,6 +86,12 @@ impl Driver {
         }
         if let Some(l) = &c.max_lag {
             cmd.args(["--max-lag", l]);
+        }
+        if let Some(r) = &c.cache_root {
+            cmd.arg("--cache-root").arg(r);
+        }
+        if let Some(s) = &c.cache_size {
+            cmd.args(["--cache-size", s]);
         }
         self.starts += 1;
         let proc = Proc::spawn(

@@ -1333,3 +1333,144 @@ async fn duplicate_calls_in_flight_give_one_mount() {
     assert_pod_reads(&c, &target, TRAIN);
     tear_down(&c, &mut node, &pv, pod_uid).await;
 }
+
+/// The `--cache-dir` and `--cache-size` on the command line of the FUSE daemon of `staging`.
+fn mount_cache_flags(c: &Cluster, staging: &Path) -> (std::path::PathBuf, String) {
+    let pids = c.mount_daemons(staging);
+    assert_eq!(pids.len(), 1, "one FUSE daemon for {}", staging.display());
+    let cmd = mirrorfs_e2e::process::cmdline(pids[0]);
+    let args: Vec<&str> = cmd.split(' ').collect();
+    let after = |flag: &str| {
+        let i = args.iter().position(|a| *a == flag);
+        let v = i.and_then(|i| args.get(i + 1));
+        v.unwrap_or_else(|| panic!("the mount has no {flag}: {cmd}"))
+            .to_string()
+    };
+    (after("--cache-dir").into(), after("--cache-size"))
+}
+
+/// The block files of a disk cache: `DIR/<2 hex>/<hex checksum starting with them>`.
+fn cached_blocks(dir: &Path) -> Vec<std::path::PathBuf> {
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut out = Vec::new();
+    for fan in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = fan.file_name().to_string_lossy().into_owned();
+        if name.len() != 2 || !hex(&name) || !fan.path().is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(fan.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = f.file_name().to_string_lossy().into_owned();
+            if hex(&n) && n.starts_with(&name) && f.path().is_file() {
+                out.push(f.path());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_staged_volume_gets_its_own_disk_cache_deleted_at_unstage() {
+    let c = Cluster::start_with(Options {
+        cache_size: Some("64MiB".into()),
+        ..Options::default()
+    })
+    .await;
+    let root = c.cache_root().expect("a cache root").to_owned();
+    let static_pv = |name: &str, subdir: &str| {
+        PersistentVolume::static_pv(
+            name,
+            name,
+            &[
+                ("volume", MIRROR_VOLUME),
+                ("metaAddress", &c.regions.mirror.url),
+                ("subdir", subdir),
+            ],
+            Mode::MultiNodeReaderOnly,
+            token_secret(&c.mirror_token),
+        )
+    };
+    // Two volumes of the same mirror volume: two FUSE mounts, two directories (one shared
+    // directory would fail the second mount on its lock).
+    let pv_a = static_pv("cached-train", TRAIN_DIR);
+    let pv_b = static_pv("cached-val", "teams/vision/imagenet/val");
+    let mut node = c.driver.node();
+    let (uid_a, uid_b) = (
+        "6f1c3a2e-00c1-4000-8000-0000000000c1",
+        "6f1c3a2e-00c2-4000-8000-0000000000c2",
+    );
+    let staging_a = ok("NodeStage a", c.kubelet.stage(&mut node, &pv_a).await);
+    let staging_b = ok("NodeStage b", c.kubelet.stage(&mut node, &pv_b).await);
+    let target_a = ok(
+        "NodePublish a",
+        c.kubelet.publish(&mut node, &pv_a, uid_a).await,
+    );
+    ok(
+        "NodePublish b",
+        c.kubelet.publish(&mut node, &pv_b, uid_b).await,
+    );
+    let (dir_a, size_a) = mount_cache_flags(&c, &staging_a);
+    let (dir_b, size_b) = mount_cache_flags(&c, &staging_b);
+    assert_eq!((size_a.as_str(), size_b.as_str()), ("67108864", "67108864"));
+    assert_ne!(dir_a, dir_b, "two staged volumes share a disk cache");
+    for d in [&dir_a, &dir_b] {
+        assert_eq!(d.parent(), Some(root.as_path()), "{}", d.display());
+        assert!(d.is_dir(), "the mount did not create {}", d.display());
+    }
+
+    // A pod reads the files; the largest (one block) lands in the volume's disk cache.
+    assert_pod_reads(&c, &target_a, TRAIN);
+    let want = c.data.files_under(TRAIN);
+    let big = want
+        .values()
+        .max_by_key(|b| b.len())
+        .expect("files")
+        .clone();
+    let r = wait_for(
+        "the disk cache to hold the largest file's block",
+        Duration::from_secs(20),
+        || {
+            let (dir, big) = (dir_a.clone(), big.clone());
+            async move {
+                cached_blocks(&dir)
+                    .iter()
+                    .any(|p| std::fs::read(p).is_ok_and(|b| b == big))
+            }
+        },
+    )
+    .await;
+    assert!(
+        r.is_ok(),
+        "{r:?}: blocks in {}: {:?}\n{}",
+        dir_a.display(),
+        cached_blocks(&dir_a),
+        c.logs()
+    );
+
+    // Unstage deletes the volume's own directory, and only that one.
+    ok(
+        "NodeUnpublish b",
+        c.kubelet.unpublish(&mut node, &pv_b, uid_b).await,
+    );
+    ok("NodeUnstage b", c.kubelet.unstage(&mut node, &pv_b).await);
+    assert!(
+        mounts::mounts_at(&staging_b).is_empty(),
+        "b is still staged"
+    );
+    assert!(!dir_b.exists(), "NodeUnstage left {}", dir_b.display());
+    assert!(
+        !cached_blocks(&dir_a).is_empty(),
+        "the other volume's cache was touched"
+    );
+    tear_down(&c, &mut node, &pv_a, uid_a).await;
+    assert!(!dir_a.exists(), "NodeUnstage left {}", dir_a.display());
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .expect("the cache root stays")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left in the cache root: {left:?}");
+}
