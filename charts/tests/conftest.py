@@ -53,6 +53,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "nodeSelector": {"mirrorfs.io/mirror-reader": "true"},
             "podAnnotations": {"example.com/team": "storage"},
             "maxUnavailable": "20%",
+            "cache": {"enabled": True, "hostPath": "/mnt/nvme/mirrorfs-cache", "sizePerVolume": "50GiB"},
         },
         "storageClass": {
             "create": True,

@@ -131,6 +131,9 @@ BAD_VALUES = [
     ({"meta": {"engine": "sqlite"}}, "/meta/engine"),
     ({"node": {"maxUnavailable": 0}}, "/node/maxUnavailable"),
     ({"node": {"updateStrategy": "Recreate"}}, "/node/updateStrategy"),
+    ({"node": {"cache": {"sizePerVolume": "10 parsecs"}}}, "/node/cache/sizePerVolume"),
+    ({"node": {"cache": {"hostPath": "relative/cache"}}}, "/node/cache/hostPath"),
+    ({"node": {"cache": {"enabled": "yes"}}}, "/node/cache/enabled"),
     ({"unknownTopLevel": True}, "unknownTopLevel"),
 ]
 
@@ -164,6 +167,10 @@ TEMPLATE_FAILURES = [
             }
         },
         "meta.adminTokenSecret.name is required",
+    ),
+    (
+        {"stateDir": "/var/lib/mirrorfs-csi", "node": {"cache": {"enabled": True, "hostPath": "/var/lib/mirrorfs-csi/"}}},
+        "node.cache.hostPath must be a directory of its own, not stateDir",
     ),
 ]
 
@@ -342,6 +349,38 @@ def test_node_plugin_mounts_where_kubelet_looks(scenario: str) -> None:
     # The kubelet directory is a value: no default path may leak into a custom one.
     if kubelet != "/var/lib/kubelet":
         assert "/var/lib/kubelet" not in yaml.safe_dump(ds).replace(kubelet, "")
+
+
+def test_node_disk_cache_is_off_by_default() -> None:
+    ds = render("defaults").one("DaemonSet", f"{FULL}-node")
+    driver = container(ds, "mirrorfs")
+    assert flag(driver, "cache-root") is None and flag(driver, "cache-size") is None
+    assert "cache-dir" not in [m["name"] for m in driver["volumeMounts"]]
+    assert "cache-dir" not in [v["name"] for v in ds["spec"]["template"]["spec"]["volumes"]]
+
+
+@pytest.mark.parametrize(
+    ("cache", "root", "size"),
+    [
+        ({"enabled": True}, "/var/lib/mirrorfs/cache", "10GiB"),
+        ({"enabled": True, "hostPath": "/mnt/nvme/mirrorfs-cache", "sizePerVolume": "50GiB"}, "/mnt/nvme/mirrorfs-cache", "50GiB"),
+    ],
+)
+def test_node_disk_cache_enabled(cache: dict[str, Any], root: str, size: str) -> None:
+    ds = chartlib.render({"node": {"cache": cache}}).one("DaemonSet", f"{FULL}-node")
+    spec = ds["spec"]["template"]["spec"]
+    driver = container(ds, "mirrorfs")
+    assert flag(driver, "cache-root") == root
+    assert flag(driver, "cache-size") == size
+    # The driver checks --cache-root is a writable directory at start: the host directory is
+    # created if missing and seen at the same path in the container.
+    assert volume(spec, "cache-dir")["hostPath"] == {"path": root, "type": "DirectoryOrCreate"}
+    m = mount(driver, "cache-dir")
+    assert m["mountPath"] == root
+    assert "mountPropagation" not in m and not m.get("readOnly")
+    # Only the node plugin gets it.
+    ctrl = container(chartlib.render({"node": {"cache": cache}}).one("Deployment", f"{FULL}-controller"), "mirrorfs")
+    assert flag(ctrl, "cache-root") is None
 
 
 def test_node_scheduling_values() -> None:

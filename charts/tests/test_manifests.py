@@ -174,6 +174,7 @@ def test_the_driver_starts_with_the_charts_arguments(component: str, mirrorfs_bi
     redirect = {
         "endpoint": f"unix://{socket}",
         "state-dir": str(tmp_path / "state"),
+        "cache-root": str(tmp_path),
         "metrics-addr": "127.0.0.1:0",
     }
     args = []
