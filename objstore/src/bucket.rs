@@ -15,7 +15,9 @@ use futures::stream::{BoxStream, StreamExt};
 use mirrorfs_api::{BlockId, Checksum, VolumeId};
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{
+    GetResultPayload, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+};
 use tracing::warn;
 
 use crate::config::{BucketConfig, Location};
@@ -337,11 +339,33 @@ impl Bucket {
 
     // ---- plain objects (any key), for bucket-level sync ----
 
-    /// Reads a whole object.
+    /// Reads a whole object. A local-directory bucket's file is read straight into a buffer of
+    /// its size (object_store would zero that buffer first: a memset of every block read).
     pub async fn get_object(&self, key: &str) -> Result<Bytes, ObjError> {
         let path = self.path(key)?;
         let r = self.store.get(&path).await.map_err(|e| self.err(key, e))?;
-        r.bytes().await.map_err(|e| self.err(key, e))
+        let range = r.range.clone();
+        match r.payload {
+            GetResultPayload::File(file, local) => {
+                let read = tokio::task::spawn_blocking(move || read_file_range(file, range)).await;
+                let detail = match read {
+                    Ok(Ok(data)) => return Ok(data),
+                    Ok(Err(e)) => format!("reading {key} ({}): {e}", local.display()),
+                    Err(e) => format!("reading {key}: {e}"),
+                };
+                Err(ObjError::Other {
+                    bucket: self.display.to_string(),
+                    detail,
+                })
+            }
+            GetResultPayload::Stream(_) => {
+                let r = object_store::GetResult {
+                    payload: r.payload,
+                    ..r
+                };
+                r.bytes().await.map_err(|e| self.err(key, e))
+            }
+        }
     }
 
     /// The size of an object, if it is there.
@@ -441,6 +465,17 @@ impl Bucket {
     fn err(&self, key: &str, e: object_store::Error) -> ObjError {
         ObjError::from_store(&self.display, key, e)
     }
+}
+
+/// `range` of `file`, read into a buffer of that size (never zeroed first). A file shorter
+/// than the range gives fewer bytes (the checksum check reports a truncated block).
+fn read_file_range(mut file: std::fs::File, range: std::ops::Range<u64>) -> std::io::Result<Bytes> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = range.end - range.start;
+    file.seek(SeekFrom::Start(range.start))?;
+    let mut buf = Vec::with_capacity(len as usize);
+    file.take(len).read_to_end(&mut buf)?;
+    Ok(Bytes::from(buf))
 }
 
 fn parse_path(prefix: &str, display: &str) -> Result<Path, ObjError> {
