@@ -1,8 +1,9 @@
 //! The mirrorfs wire types: the gRPC code generated from `proto/` and the domain newtypes that
-//! the other crates pass around instead of bare integers.
+//! the other crates pass around instead of bare integers; and byte sizes as flags take them.
 
 pub mod client;
 mod errors;
+pub mod size;
 mod types;
 
 pub use errors::{ERROR_KIND, FsErrorKind};

@@ -51,7 +51,7 @@ pub struct CsiArgs {
     pub cache_root: Option<PathBuf>,
     /// Node: the disk cache size limit of each staged volume (as `mirrorfs mount --cache-size`:
     /// 512MiB, 10GiB, 1G; at least 16MiB). Leave room for it times the volumes per node.
-    #[arg(long, env = "MIRRORFS_CSI_CACHE_SIZE", default_value = "10GiB", value_parser = mirrorfs_csi::size::parse_size)]
+    #[arg(long, env = "MIRRORFS_CSI_CACHE_SIZE", default_value = "10GiB", value_parser = mirrorfs_api::size::parse_size)]
     pub cache_size: u64,
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use mirrorfs_csi::size::{MIN_CACHE_SIZE, parse_size};
+use mirrorfs_api::size::{MIN_CACHE_SIZE, parse_size};
 use mirrorfs_fs::FsConfig;
 use mirrorfs_fs::mount::{self, MountConfig, Readiness, background};
 use mirrorfs_objstore::Credentials;

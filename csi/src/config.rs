@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::size::MIN_CACHE_SIZE;
+use mirrorfs_api::size::MIN_CACHE_SIZE;
 
 /// Which CSI services this process serves (Identity is always served).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,7 +179,7 @@ mod tests {
             metrics_addr: None,
             mount_binary: "/usr/bin/mirrorfs".into(),
             cache_root: None,
-            cache_size: crate::size::DEFAULT_CACHE_SIZE,
+            cache_size: mirrorfs_api::size::DEFAULT_CACHE_SIZE,
         }
     }
 

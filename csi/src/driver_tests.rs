@@ -64,7 +64,7 @@ fn config(
         metrics_addr: None,
         mount_binary: "/nonexistent/mirrorfs".into(),
         cache_root,
-        cache_size: crate::size::DEFAULT_CACHE_SIZE,
+        cache_size: mirrorfs_api::size::DEFAULT_CACHE_SIZE,
     }
 }
 
@@ -1332,7 +1332,7 @@ async fn each_staged_volume_gets_its_own_disk_cache_deleted_at_unstage() {
     let want = |id: &str| {
         Some(crate::cache_dir::DiskCache {
             dir: root.join(crate::cache_dir::dir_name(id)),
-            size: crate::size::DEFAULT_CACHE_SIZE,
+            size: mirrorfs_api::size::DEFAULT_CACHE_SIZE,
         })
     };
     assert_eq!(caches, [want("pv-a"), want("pv-b")]);

@@ -23,7 +23,6 @@ pub mod process;
 mod relpath;
 pub mod server;
 mod service;
-pub mod size;
 mod state;
 mod volume_id;
 

@@ -150,7 +150,7 @@ mod tests {
         );
         // The mount's own parser reads the size back exactly.
         assert_eq!(
-            crate::size::parse_size(&with[with.len() - 1]),
+            mirrorfs_api::size::parse_size(&with[with.len() - 1]),
             Ok(512 << 20)
         );
     }

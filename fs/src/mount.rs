@@ -99,14 +99,11 @@ impl MountConfig {
             kernel_readahead_kb: Some(DEFAULT_KERNEL_READAHEAD_KB),
             metrics: ObjMetrics::default(),
             cache_dir: None,
-            cache_size: DEFAULT_CACHE_SIZE,
+            cache_size: mirrorfs_api::size::DEFAULT_CACHE_SIZE,
             disk_cache_metrics: DiskCacheMetrics::default(),
         }
     }
 }
-
-/// The disk cache's size limit when a cache directory is given without one: 10 GiB.
-pub const DEFAULT_CACHE_SIZE: u64 = 10 << 30;
 
 /// How long a mount waits for the cache directory's lock: a previous mount of the same
 /// directory may still be exiting.

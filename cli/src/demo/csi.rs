@@ -75,7 +75,7 @@ impl Kubernetes {
             mount_binary: std::env::current_exe()
                 .context("cannot find the running executable for `mirrorfs mount`")?,
             cache_root: None,
-            cache_size: mirrorfs_csi::size::DEFAULT_CACHE_SIZE,
+            cache_size: mirrorfs_api::size::DEFAULT_CACHE_SIZE,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
