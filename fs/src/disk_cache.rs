@@ -105,18 +105,13 @@ fn names(c: &Checksum) -> (String, String) {
     (hex[..2].to_owned(), hex)
 }
 
+/// The checksum a cached file's name spells (lowercase hex, as [`names`] writes it).
 fn parse_hex(name: &str) -> Option<Checksum> {
-    if name.len() != 64 {
+    if name.bytes().any(|c| c.is_ascii_uppercase()) {
         return None;
     }
     let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        let s = name.get(2 * i..2 * i + 2)?;
-        if s.bytes().any(|c| c.is_ascii_uppercase()) {
-            return None;
-        }
-        *b = u8::from_str_radix(s, 16).ok()?;
-    }
+    hex::decode_to_slice(name, &mut out).ok()?;
     Some(Checksum(out))
 }
 
@@ -230,8 +225,7 @@ impl DiskCache {
             }
         };
         let mut index = Index::default();
-        let found = scan(&dir).map_err(|e| unusable(format!("cannot list it: {e}")))?;
-        let mut found = found;
+        let mut found = scan(&dir).map_err(|e| unusable(format!("cannot list it: {e}")))?;
         found.sort_by_key(|(_, _, mtime)| *mtime);
         for (c, size, _) in found {
             index.insert(c, size);
