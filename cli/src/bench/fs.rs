@@ -352,7 +352,7 @@ impl Rig {
         let (mut last, mut since) = (usize::MAX, Instant::now());
         loop {
             let d = dir.clone();
-            let have = tokio::task::spawn_blocking(move || count_blocks(&d)).await?;
+            let have = tokio::task::spawn_blocking(move || count_files(&d, false)).await?;
             if have >= n {
                 return Ok(have);
             }
@@ -383,7 +383,7 @@ impl Rig {
             let (shown, na, nb) = tokio::task::spawn_blocking(move || {
                 let shown =
                     std::fs::symlink_metadata(&p).is_ok_and(|m| len.is_none_or(|l| m.len() == l));
-                (shown, count_files(&a2), count_files(&b2))
+                (shown, count_files(&a2, true), count_files(&b2, true))
             })
             .await?;
             if shown && nb >= na {
@@ -417,9 +417,9 @@ impl Rig {
     }
 }
 
-/// Files under `dir` that are not dot files (a disk cache's blocks, without its lock and
+/// Files under `dir`, without dot files when `dot_files` is false (a disk cache's lock and
 /// temporary files).
-fn count_blocks(dir: &Path) -> usize {
+fn count_files(dir: &Path, dot_files: bool) -> usize {
     let mut n = 0;
     let mut todo = vec![dir.to_owned()];
     while let Some(d) = todo.pop() {
@@ -429,26 +429,8 @@ fn count_blocks(dir: &Path) -> usize {
         for e in rd.flatten() {
             match e.file_type() {
                 Ok(t) if t.is_dir() => todo.push(e.path()),
-                Ok(_) if !e.file_name().to_string_lossy().starts_with('.') => n += 1,
+                Ok(_) if dot_files || !e.file_name().to_string_lossy().starts_with('.') => n += 1,
                 _ => {}
-            }
-        }
-    }
-    n
-}
-
-fn count_files(dir: &Path) -> usize {
-    let mut n = 0;
-    let mut todo = vec![dir.to_owned()];
-    while let Some(d) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => todo.push(e.path()),
-                Ok(_) => n += 1,
-                Err(_) => {}
             }
         }
     }
