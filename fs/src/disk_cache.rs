@@ -354,10 +354,13 @@ impl DiskCache {
         tokio::task::spawn_blocking(move || {
             let r = this.store(&sum, &data);
             this.lock_index().end_write(&sum);
-            drop(permit);
             if let Err(e) = r {
                 this.write_failed(&sum, &e);
             }
+            // The permit last: once `flushed` sees every permit back, no write holds the cache
+            // (nor its directory lock).
+            drop(this);
+            drop(permit);
         });
     }
 
